@@ -1,0 +1,45 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.dispatch import CeleryDispatcher
+from api.middleware import LimitBodyMiddleware, RequestIdMiddleware
+from api.routes import health, runs
+from shared.db import make_engine, make_session_factory
+from shared.migrations import ensure_migrated
+from shared.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app bound to settings; the engine is built at start-up, not at import."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        ensure_migrated(engine, settings)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = make_session_factory(engine)
+        app.state.dispatcher = CeleryDispatcher(settings)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="Autopack",
+        version="0.1.0",
+        description="Submit runs of phases against registered git repositories; follow them to the end.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    app.add_middleware(LimitBodyMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,52 @@
+"""Dependencies of the routes: settings, sessions, dispatcher, the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.dispatch import CeleryDispatcher
+from shared import auth
+from shared.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    """The app's session factory; handlers open their own transaction."""
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
+
+
+def get_dispatcher(request: Request) -> CeleryDispatcher:
+    """The app's dispatcher."""
+    dispatcher: CeleryDispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+DispatcherDep = Annotated[CeleryDispatcher, Depends(get_dispatcher)]
+
+
+def require_key(
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    """The name of the caller's API key; 401 otherwise."""
+    presented = x_api_key
+    if not presented and authorization and authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    with sessions() as session:
+        return auth.verify(session, settings, presented)
+
+
+CallerDep = Annotated[str, Depends(require_key)]

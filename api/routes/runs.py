@@ -1,0 +1,123 @@
+"""Routes of the runs resource: submit, list, read, follow, start."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import update
+
+from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep
+from shared.db import transaction
+from shared.errors import InvalidInput, NotFound
+from shared.models import Run, utcnow
+from shared.runs import repository, service
+from shared.runs.schemas import RunPage, RunRead, RunStatusRead, RunSummary
+from shared.runs.spec import RunCreate
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+def _enqueue(sessions: SessionsDep, dispatcher: DispatcherDep, run_id: str) -> None:
+    """Send the run to the workers after its transaction committed; the sweeper retries failures."""
+    try:
+        dispatcher.enqueue_run(run_id)
+    except Exception:
+        logger.exception("enqueue of run %s failed; a worker's sweeper will send it", run_id)
+        return
+    with transaction(sessions) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(enqueued_at=utcnow()))
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=RunRead,
+    responses={200: {"model": RunRead}, 409: {}, 422: {}},
+)
+def submit_run(
+    spec: RunCreate,
+    response: Response,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    _caller: CallerDep,
+) -> RunRead:
+    """Store a run and enqueue it; resubmitting the same run_id and spec returns the stored run (200)."""
+    with transaction(sessions) as session:
+        submitted = service.submit(session, settings, spec)
+        run_id = submitted.run.id
+    if submitted.needs_enqueue:
+        _enqueue(sessions, dispatcher, run_id)
+    if not submitted.created:
+        response.status_code = 200
+    with sessions() as session:
+        return RunRead.model_validate(repository.get_run_detail(session, run_id))
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    sessions: SessionsDep,
+    _caller: CallerDep,
+    status: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
+    repo: str | None = None,
+    label: Annotated[list[str], Query(description="key=value, repeatable")] = [],  # noqa: B006
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RunPage:
+    """Runs newest first; follow next_cursor for more."""
+    labels = {}
+    for item in label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"label filter {item!r} must be key=value", field="label")
+        labels[key] = value
+    with sessions() as session:
+        rows, next_cursor = repository.list_runs(
+            session, statuses=status, repo=repo, labels=labels, cursor=cursor, limit=limit
+        )
+        return RunPage(items=[RunSummary.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunRead)
+def get_run(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunRead:
+    """A run with its phases and attempts."""
+    with sessions() as session:
+        return RunRead.model_validate(repository.get_run_detail(session, run_id))
+
+
+@router.get("/{run_id}/status", response_model=RunStatusRead)
+def get_run_status(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunStatusRead:
+    """Compact status for pollers."""
+    with sessions() as session:
+        return service.status_of(repository.get_run_detail(session, run_id))
+
+
+@router.get("/{run_id}/phases/{phase_id}/attempts/{number}/log", response_class=PlainTextResponse)
+def get_attempt_log(
+    run_id: str, phase_id: str, number: int, sessions: SessionsDep, _caller: CallerDep
+) -> str:
+    """The full output of one attempt, as plain text."""
+    with sessions() as session:
+        attempt = repository.get_attempt(session, run_id, phase_id, number)
+        log = repository.get_attempt_log(session, attempt)
+        if log is None:
+            raise NotFound(
+                f"attempt {number} of phase {phase_id!r} has no stored log yet (status {attempt.status})"
+            )
+        return log.content
+
+
+@router.post("/{run_id}/execute", status_code=202, response_model=RunRead)
+def execute_run(
+    run_id: str, sessions: SessionsDep, dispatcher: DispatcherDep, _caller: CallerDep
+) -> RunRead:
+    """Enqueue a run created with start: false; 409 when it is not in the created state."""
+    with transaction(sessions) as session:
+        service.start(session, run_id)
+    _enqueue(sessions, dispatcher, run_id)
+    with sessions() as session:
+        return RunRead.model_validate(repository.get_run_detail(session, run_id))

@@ -1,0 +1,59 @@
+"""API keys: created once, stored as SHA-256, checked in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.constants import API_KEY_PREFIX
+from shared.errors import NotFound, Unauthorized
+from shared.models import ApiKey, utcnow
+from shared.settings import Settings
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of a key (keys are 256-bit random, so no slow hash is needed)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
+    """A new key; the plaintext is returned once and never stored."""
+    prefix = secrets.token_hex(4)
+    plaintext = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(plaintext))
+    session.add(row)
+    session.flush()
+    return row, plaintext
+
+
+def verify(session: Session, settings: Settings, presented: str | None) -> str:
+    """The name of the key presented, or Unauthorized."""
+    if not presented:
+        raise Unauthorized("missing API key (send X-API-Key or Authorization: Bearer)")
+    digest = hash_key(presented)
+    for configured in settings.api_keys:
+        if hmac.compare_digest(digest, hash_key(configured.get_secret_value())):
+            return "settings"
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
+        raise Unauthorized("invalid API key")
+    return row.name
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    """All keys, newest first."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id.desc())))
+
+
+def revoke(session: Session, key_id: int) -> ApiKey:
+    """Mark a key revoked; it stops working at once."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"API key {key_id} not found")
+    row.revoked_at = row.revoked_at or utcnow()
+    session.flush()
+    return row

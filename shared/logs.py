@@ -1,0 +1,79 @@
+"""Logging set-up: JSON lines off a terminal, and run/phase/attempt context on every line."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "autopack_log", default=None
+)
+
+
+@contextmanager
+def log_context(**values: Any) -> Iterator[None]:
+    """Attach values (run_id, phase, attempt, request_id) to every log line in this block."""
+    token = _context.set({**(_context.get() or {}), **values})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current log context onto records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.ctx = _context.get() or {}
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **getattr(record, "ctx", {}),
+        }
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Terse human lines with the context appended."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ctx = getattr(record, "ctx", {})
+        if ctx:
+            line += " " + " ".join(f"{k}={v}" for k, v in ctx.items())
+        return line
+
+
+def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
+    """Install one handler on the root logger (idempotent)."""
+    use_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if use_json
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_autopack", False):
+            root.removeHandler(existing)
+    handler._autopack = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,93 @@
+"""Queries over runs, phases and attempts: the only place that builds them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from shared.errors import InvalidInput, NotFound
+from shared.models import Attempt, AttemptLog, Phase, Run
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    """The run, or NotFound."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+def get_run_detail(session: Session, run_id: str) -> Run:
+    """The run with phases and attempts loaded."""
+    run = session.scalars(
+        select(Run)
+        .where(Run.id == run_id)
+        .options(selectinload(Run.phases).selectinload(Phase.attempts))
+    ).one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+def encode_cursor(run: Run) -> str:
+    """An opaque cursor pointing after this run."""
+    raw = json.dumps([run.created_at.isoformat(), run.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Parse a cursor made by encode_cursor."""
+    try:
+        created, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(run_id)
+    except (ValueError, TypeError) as error:
+        raise InvalidInput("cursor is not valid", field="cursor") from error
+
+
+def list_runs(
+    session: Session,
+    *,
+    statuses: Sequence[str] = (),
+    repo: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Run], str | None]:
+    """Runs newest first, filtered, one page at a time."""
+    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
+    if statuses:
+        query = query.where(Run.status.in_(statuses))
+    if repo:
+        query = query.where(Run.repo == repo)
+    for key, value in (labels or {}).items():
+        query = query.where(Run.labels[key].as_string() == value)
+    if cursor:
+        created, run_id = decode_cursor(cursor)
+        query = query.where(
+            or_(Run.created_at < created, and_(Run.created_at == created, Run.id < run_id))
+        )
+    rows = list(session.scalars(query.limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def get_attempt(session: Session, run_id: str, phase_id: str, number: int) -> Attempt:
+    """One attempt of one phase, or NotFound."""
+    attempt = session.scalars(
+        select(Attempt)
+        .join(Phase, Attempt.phase_pk == Phase.pk)
+        .where(Phase.run_id == run_id, Phase.phase_id == phase_id, Attempt.number == number)
+    ).one_or_none()
+    if attempt is None:
+        raise NotFound(f"attempt {number} of phase {phase_id!r} in run {run_id!r} not found")
+    return attempt
+
+
+def get_attempt_log(session: Session, attempt: Attempt) -> AttemptLog | None:
+    """The stored full output of an attempt, if it finished."""
+    return session.get(AttemptLog, attempt.id)

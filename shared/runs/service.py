@@ -1,0 +1,137 @@
+"""Run use cases: submit, start, summarize. Services flush; the caller commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import repos
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.models import Phase, Run, utcnow
+from shared.runs import repository
+from shared.runs.schemas import RunStatusRead
+from shared.runs.spec import RunCreate
+from shared.runs.states import RUN_TERMINAL, PhaseStatus, RunStatus
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The outcome of a submission: the run, and whether this call created it."""
+
+    run: Run
+    created: bool
+
+    @property
+    def needs_enqueue(self) -> bool:
+        """Whether the caller must enqueue after committing."""
+        return self.created and self.run.status == RunStatus.QUEUED
+
+
+def new_run_id() -> str:
+    """A server-chosen run id."""
+    return f"run-{uuid.uuid4().hex[:16]}"
+
+
+def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
+    """Store a run and its phases; a known run_id with the same spec returns the existing run."""
+    spec_hash = spec.spec_hash()
+    if spec.run_id is not None:
+        existing = session.get(Run, spec.run_id)
+        if existing is not None:
+            return _same_or_conflict(existing, spec_hash)
+    try:
+        repos.resolve(session, settings, spec.repo)
+    except NotFound as error:
+        raise InvalidInput(str(error), field="repo") from error
+    now = utcnow()
+    run = Run(
+        id=spec.run_id or new_run_id(),
+        repo=spec.repo,
+        ref=spec.ref,
+        goal=spec.goal,
+        spec=spec.canonical(),
+        spec_hash=spec_hash,
+        labels=dict(spec.labels),
+        concurrency_key=spec.concurrency.key if spec.concurrency else None,
+        status=RunStatus.QUEUED if spec.start else RunStatus.CREATED,
+        created_at=now,
+        updated_at=now,
+        enqueued_at=now if spec.start else None,
+        lease_token=0,
+        cancel_requested=False,
+    )
+    run.phases = [
+        Phase(
+            position=position,
+            phase_id=phase.id,
+            name=phase.name,
+            kind=phase.kind,
+            spec=phase.model_dump(mode="json"),
+            max_attempts=phase.max_attempts,
+            timeout_s=phase.timeout_s,
+            status=PhaseStatus.PENDING,
+            attempts_count=0,
+        )
+        for position, phase in enumerate(spec.phases)
+    ]
+    nested = session.begin_nested()
+    session.add(run)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another client submitted the same run_id between our read and our insert.
+        nested.rollback()
+        existing = session.get(Run, run.id, populate_existing=True)
+        if existing is None:
+            raise
+        return _same_or_conflict(existing, spec_hash)
+    nested.commit()
+    return Submitted(run=run, created=True)
+
+
+def _same_or_conflict(existing: Run, spec_hash: str) -> Submitted:
+    if existing.spec_hash != spec_hash:
+        raise Conflict(f"run {existing.id!r} already exists with a different spec")
+    return Submitted(run=existing, created=False)
+
+
+def start(session: Session, run_id: str) -> Run:
+    """Move a run created with start: false to queued; the caller enqueues after commit."""
+    run = repository.get_run(session, run_id)
+    now = utcnow()
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.CREATED)
+        .values(status=RunStatus.QUEUED, enqueued_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(f"run {run_id!r} is {run.status}, only a created run can be started")
+    session.refresh(run)
+    return run
+
+
+def status_of(run: Run) -> RunStatusRead:
+    """The compact status of a run (phases must be loaded)."""
+    counts = Counter(phase.status for phase in run.phases)
+    total = len(run.phases) or 1
+    done = sum(counts[s] for s in (PhaseStatus.SUCCEEDED, PhaseStatus.SKIPPED))
+    current = next((p.phase_id for p in run.phases if p.status == PhaseStatus.RUNNING), None)
+    if current is None and run.status == RunStatus.RUNNING:
+        current = next((p.phase_id for p in run.phases if p.status == PhaseStatus.PENDING), None)
+    return RunStatusRead(
+        id=run.id,
+        status=run.status,
+        terminal=RunStatus(run.status) in RUN_TERMINAL,
+        phases={status.value: counts.get(status.value, 0) for status in PhaseStatus},
+        percent_complete=round(100.0 * done / total, 1),
+        current_phase=current,
+        failure_reason=run.failure_reason,
+        result_commit=run.result_commit,
+    )

@@ -1,0 +1,154 @@
+"""The run spec a client submits, validated with pydantic; errors name the field path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+PHASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# A git ref or commit a client may name: no leading '-', no '..', no '@{', nothing git would read as an option.
+_REF_RE = re.compile(
+    r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)(?!.*\.lock$)(?!.*[/.]$)[A-Za-z0-9._/+-]{1,255}$"
+)
+
+RepoName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+def check_relative_path(value: str, what: str) -> str:
+    """Reject paths that could leave the worktree: absolute, '..', home or NUL."""
+    if not value or "\x00" in value or "\\" in value:
+        raise ValueError(f"{what} must be a non-empty POSIX path without NUL or backslashes")
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~"):
+        raise ValueError(f"{what} must be relative to the worktree, got {value!r}")
+    if ".." in path.parts:
+        raise ValueError(f"{what} must not contain '..', got {value!r}")
+    return value
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Intention(StrictModel):
+    """The optional anchor rendered into LLM context: what must hold, what must not happen."""
+
+    outcomes: list[ShortText] = Field(default_factory=list, max_length=50)
+    non_goals: list[ShortText] = Field(default_factory=list, max_length=50)
+    constraints: list[ShortText] = Field(default_factory=list, max_length=50)
+
+
+class Concurrency(StrictModel):
+    """At most `limit` runs with `key` execute at once (enforcement arrives with the reliability work)."""
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    limit: int = Field(default=1, ge=1, le=1000)
+    on_conflict: Literal["queue", "cancel_new", "cancel_running"] = "queue"
+
+
+class Budgets(StrictModel):
+    """Caps on what a run may spend."""
+
+    token_cap: int | None = Field(default=None, ge=0)
+    max_duration_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+
+
+class ShellPhase(StrictModel):
+    """A phase that runs shell commands, in order, in the worktree."""
+
+    id: Annotated[str, StringConstraints(pattern=PHASE_ID_PATTERN)]
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    kind: Literal["shell"] = "shell"
+    run: list[Annotated[str, StringConstraints(min_length=1, max_length=20_000)]] = Field(
+        min_length=1, max_length=100
+    )
+    cwd: str | None = None
+    scope: list[str] = Field(default_factory=list, max_length=200)
+    max_attempts: int = Field(default=1, ge=1, le=20)
+    timeout_s: int = Field(default=600, ge=1, le=7 * 24 * 3600)
+    env: dict[
+        Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)],
+        Annotated[str, StringConstraints(max_length=10_000)],
+    ] = Field(default_factory=dict, max_length=100)
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _one_command_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_inside(cls, value: str | None) -> str | None:
+        return None if value is None else check_relative_path(value, "cwd")
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_inside(cls, value: list[str]) -> list[str]:
+        return [check_relative_path(glob, "scope glob") for glob in value]
+
+
+PhaseSpec = ShellPhase
+
+
+class RunCreate(StrictModel):
+    """What a client submits: a goal, a repository and ordered phases."""
+
+    run_id: Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)] | None = None
+    repo: RepoName
+    ref: str = "main"
+    goal: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+    intention: Intention | None = None
+    labels: dict[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")],
+        Annotated[str, StringConstraints(max_length=200)],
+    ] = Field(default_factory=dict, max_length=50)
+    concurrency: Concurrency | None = None
+    budgets: Budgets = Field(default_factory=Budgets)
+    start: bool = True
+    phases: list[PhaseSpec] = Field(min_length=1, max_length=100)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_is_safe(cls, value: str) -> str:
+        if not _REF_RE.match(value):
+            raise ValueError(
+                f"ref {value!r} is not a valid branch, tag or commit name "
+                "(no leading '-', '..', '@{', spaces or control characters)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _phase_ids_unique(self) -> RunCreate:
+        seen: set[str] = set()
+        for phase in self.phases:
+            if phase.id in seen:
+                raise ValueError(f"duplicate phase id {phase.id!r}")
+            seen.add(phase.id)
+        return self
+
+    def canonical(self) -> dict[str, Any]:
+        """The spec as stored: JSON-safe, defaults filled, without the id and start flag."""
+        return self.model_dump(mode="json", exclude={"run_id", "start"})
+
+    def spec_hash(self) -> str:
+        """A stable hash of the canonical spec, for idempotency and drift checks."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()

@@ -1,0 +1,112 @@
+"""Autopack settings: the one place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    """Where Autopack keeps its SQLite database, mirrors, worktrees and logs by default."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "autopack"
+
+
+class Settings(BaseSettings):
+    """Every tunable of Autopack; names are the environment variables (prefix AUTOPACK_)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOPACK_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "AUTOPACK_DATABASE_URL")
+    )
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("BROKER_URL", "AUTOPACK_BROKER_URL"),
+    )
+    queue: str = "autopack"
+    # Repositories registered by configuration: {"name": "url or path"}.
+    repos: dict[str, str] = Field(default_factory=dict)
+    # Bootstrap API keys given by the operator (compared by hash, never logged).
+    api_keys: list[SecretStr] = Field(default_factory=list)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_request_bytes: int = 1_048_576
+
+    lease_ttl_s: float = 60.0
+    heartbeat_interval_s: float = 10.0
+    sweep_interval_s: float = 15.0
+    kill_grace_s: float = 5.0
+    max_run_duration_s: int = 24 * 3600
+    output_tail_bytes: int = 8192
+    max_log_bytes: int = 1_048_576
+    keep_failed_worktrees: bool = False
+    env_allowlist: list[str] = Field(
+        default_factory=lambda: [
+            "PATH",
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "TERM",
+            "USER",
+            "LOGNAME",
+            "SHELL",
+            "TMPDIR",
+            "TZ",
+            "VIRTUAL_ENV",
+        ]
+    )
+    checkpoint_excludes: list[str] = Field(
+        default_factory=lambda: [
+            ".venv/",
+            "venv/",
+            "node_modules/",
+            "__pycache__/",
+            "*.pyc",
+            ".pytest_cache/",
+            ".mypy_cache/",
+            ".ruff_cache/",
+        ]
+    )
+
+    # Client side: where `autopack submit/status/runs` send requests.
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+
+    flower_port: int = 5555
+    flower_basic_auth: SecretStr | None = None
+
+    log_json: bool | None = None
+    log_level: str = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database, or SQLite in the data directory (the embedded default)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'autopack.db'}"
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Broker redelivery timeout: longer than the longest allowed run, so Redis never redelivers a live run."""
+        return int(self.max_run_duration_s + 3600)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

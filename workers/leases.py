@@ -1,0 +1,84 @@
+"""Fenced leases on runs: every write a worker makes is conditional on its token."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.errors import LeaseLost
+from shared.models import Run, utcnow
+from shared.runs.states import RunStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This worker's claim on a run."""
+
+    run_id: str
+    owner: str
+    token: int
+
+
+def acquire(session: Session, run_id: str, owner: str, ttl_s: float) -> Lease | None:
+    """Take a queued run, or one whose lease expired; None when someone else holds it or it ended."""
+    now = utcnow()
+    result = session.execute(
+        update(Run)
+        .where(
+            Run.id == run_id,
+            or_(
+                Run.status == RunStatus.QUEUED,
+                (Run.status == RunStatus.RUNNING)
+                & or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status=RunStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=ttl_s),
+            lease_token=Run.lease_token + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    token = session.scalar(select(Run.lease_token).where(Run.id == run_id))
+    assert token is not None
+    return Lease(run_id=run_id, owner=owner, token=token)
+
+
+def renew(session: Session, lease: Lease, ttl_s: float) -> bool:
+    """Extend the lease; returns whether cancellation was requested. LeaseLost if it was taken."""
+    now = utcnow()
+    result = session.execute(
+        update(Run)
+        .where(Run.id == lease.run_id, Run.lease_token == lease.token)
+        .values(lease_expires_at=now + timedelta(seconds=ttl_s))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"lease on run {lease.run_id} (token {lease.token}) was taken over")
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == lease.run_id)))
+
+
+def fence(session: Session, lease: Lease) -> None:
+    """Lock the run row if our token still holds it, so the writes that follow are fenced.
+
+    The no-op UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) until commit,
+    so a takeover cannot interleave with this transaction.
+    """
+    result = session.execute(
+        update(Run)
+        .where(Run.id == lease.run_id, Run.lease_token == lease.token)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"lease on run {lease.run_id} (token {lease.token}) was taken over")

@@ -1,0 +1,117 @@
+"""Run one shell command in its own process group, with a deadline and a stop signal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a command ended: exit code, or the signal that ended it, and why we stopped it."""
+
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    stopped: str | None  # why we stopped it early (cancel, lease lost), if we did
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited 0 on its own."""
+        return self.exit_code == 0 and not self.timed_out and self.stopped is None
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send sig to the whole group; False once the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def terminate_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM the group, wait up to grace_s, then SIGKILL whatever is left of it."""
+    pgid = process.pid
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not _group_alive(pgid):
+            break
+        time.sleep(POLL_INTERVAL_S)
+    _signal_group(pgid, signal.SIGKILL)
+    process.wait()
+
+
+def run_command(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log: IO[bytes],
+    timeout_s: float,
+    should_stop: Callable[[], str | None],
+    grace_s: float,
+) -> CommandResult:
+    """Run command with bash in a new session; output goes straight to the log file."""
+    log.write(f"$ {command}\n".encode())
+    log.flush()
+    process = subprocess.Popen(
+        ["/bin/bash", "-c", command],
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    timed_out = False
+    stopped: str | None = None
+    while True:
+        try:
+            process.wait(timeout=POLL_INTERVAL_S)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            timed_out = True
+        else:
+            stopped = should_stop()
+        if timed_out or stopped:
+            reason = "timeout" if timed_out else stopped
+            logger.info("stopping process group %s (%s)", process.pid, reason)
+            terminate_group(process, grace_s)
+            break
+    # Background children that outlived the command would leak into the next one.
+    _signal_group(process.pid, signal.SIGKILL)
+    code = process.returncode
+    if timed_out:
+        log.write(f"\n[autopack] command timed out after {timeout_s:.0f}s\n".encode())
+    elif stopped:
+        log.write(f"\n[autopack] command stopped: {stopped}\n".encode())
+    log.flush()
+    if code is not None and code < 0:
+        return CommandResult(exit_code=None, signal=-code, timed_out=timed_out, stopped=stopped)
+    return CommandResult(exit_code=code, signal=None, timed_out=timed_out, stopped=stopped)

@@ -1,0 +1,97 @@
+"""Re-delivers runs whose message is missing: never sent, or held by a worker that died."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import transaction
+from shared.dispatch import Dispatcher
+from shared.models import Run, utcnow
+from shared.runs.states import RunStatus
+from shared.settings import Settings
+from workers.workspace import Workspaces
+
+logger = logging.getLogger(__name__)
+
+
+def sweep_once(
+    sessions: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings
+) -> list[str]:
+    """Enqueue runs with an expired lease or never enqueued; returns their ids.
+
+    The conditional update on enqueued_at makes several sweepers on several hosts send each run once
+    per interval; a duplicate message would be harmless anyway (the lease makes it a no-op).
+    """
+    now = utcnow()
+    quiet = now - timedelta(seconds=settings.sweep_interval_s)
+    due = or_(
+        and_(Run.status == RunStatus.RUNNING, Run.lease_expires_at < now),
+        and_(Run.status == RunStatus.QUEUED, Run.enqueued_at.is_(None), Run.created_at < quiet),
+    )
+    sent = []
+    with transaction(sessions) as session:
+        candidates = list(session.scalars(select(Run.id).where(due).limit(500)))
+    for run_id in candidates:
+        with transaction(sessions) as session:
+            claimed = session.execute(
+                update(Run)
+                .where(
+                    Run.id == run_id, due, or_(Run.enqueued_at.is_(None), Run.enqueued_at < quiet)
+                )
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+        if claimed:
+            dispatcher.enqueue_run(run_id)
+            sent.append(run_id)
+    if sent:
+        logger.info("re-enqueued %d run(s): %s", len(sent), ", ".join(sent))
+    return sent
+
+
+def active_run_ids(sessions: sessionmaker[Session]) -> set[str]:
+    """Runs that some live worker may be executing right now."""
+    with sessions() as session:
+        rows = session.scalars(
+            select(Run.id).where(
+                Run.status.in_([RunStatus.RUNNING, RunStatus.CANCELLING]),
+                Run.lease_expires_at >= utcnow(),
+            )
+        )
+        return set(rows)
+
+
+def collect_orphans(sessions: sessionmaker[Session], settings: Settings) -> list[str]:
+    """At start-up: remove worktrees of runs no longer running, prune mirrors."""
+    return Workspaces(settings).collect_orphans(active_run_ids(sessions))
+
+
+class Sweeper:
+    """Runs sweep_once every interval in a daemon thread of the worker's main process."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings
+    ) -> None:
+        self.sessions, self.dispatcher, self.settings = sessions, dispatcher, settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="autopack-sweeper", daemon=True)
+
+    def start(self) -> None:
+        """Begin sweeping."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current sweep."""
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_s):
+            try:
+                sweep_once(self.sessions, self.dispatcher, self.settings)
+            except Exception:
+                logger.warning("sweep failed; will retry", exc_info=True)

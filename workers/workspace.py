@@ -1,0 +1,188 @@
+"""Per-host bare mirrors and per-run git worktrees under the data directory."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shared.constants import CHECKPOINT_AUTHOR_EMAIL, CHECKPOINT_AUTHOR_NAME, run_branch
+from shared.settings import Settings
+from workers.gitcmd import GitError, git
+
+logger = logging.getLogger(__name__)
+
+_SHA_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
+SNAPSHOT_BRANCH = "main"
+
+
+class Workspaces:
+    """Mirrors, worktrees and checkpoints for the runs executed on this host."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.data_dir
+        self.mirrors = self.root / "mirrors"
+        self.worktrees = self.root / "worktrees"
+        self.locks = self.root / "locks"
+        for folder in (self.mirrors, self.worktrees, self.locks):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def mirror_path(self, repo: str) -> Path:
+        """The bare mirror of a registered repository."""
+        return self.mirrors / f"{repo}.git"
+
+    def worktree_path(self, run_id: str) -> Path:
+        """The worktree a run executes in."""
+        return self.worktrees / run_id
+
+    @contextmanager
+    def locked(self, repo: str) -> Iterator[None]:
+        """Serialize mirror updates and worktree bookkeeping across processes on this host."""
+        with (self.locks / f"{repo}.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def sync_mirror(self, repo: str, source: str) -> Path:
+        """Clone the mirror once, then fetch; a plain directory is imported as a snapshot commit."""
+        mirror = self.mirror_path(repo)
+        with self.locked(repo):
+            source_path = Path(source)
+            is_plain_dir = source_path.is_dir() and not _is_git_repository(source_path)
+            if not mirror.exists():
+                tmp = mirror.with_suffix(".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                git(["init", "--bare", "-q", str(tmp)])
+                if not is_plain_dir:
+                    git(["remote", "add", "origin", "--", source], git_dir=tmp)
+                    git(
+                        ["config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"],
+                        git_dir=tmp,
+                    )
+                tmp.rename(mirror)
+            self._write_excludes(mirror)
+            if is_plain_dir:
+                self._snapshot(mirror, source_path)
+            else:
+                git(["fetch", "--prune", "--tags", "--force", "-q", "origin"], git_dir=mirror)
+        return mirror
+
+    def _write_excludes(self, mirror: Path) -> None:
+        info = mirror / "info"
+        info.mkdir(exist_ok=True)
+        (info / "exclude").write_text("\n".join(self.settings.checkpoint_excludes) + "\n")
+
+    def _snapshot(self, mirror: Path, directory: Path) -> None:
+        """Commit a plain directory's files onto origin/main of the mirror (no-op when unchanged)."""
+        env = {"GIT_INDEX_FILE": str(mirror / "snapshot.index"), "GIT_WORK_TREE": str(directory)}
+        git(["add", "-A", "."], cwd=directory, git_dir=mirror, env=env)
+        tree = git(["write-tree"], git_dir=mirror, env=env).strip()
+        ref = f"refs/remotes/origin/{SNAPSHOT_BRANCH}"
+        parent = git(["rev-parse", "--verify", "-q", ref], git_dir=mirror, check=False).strip()
+        if parent:
+            parent_tree = git(["rev-parse", f"{parent}^{{tree}}"], git_dir=mirror).strip()
+            if parent_tree == tree:
+                return
+        args = ["commit-tree", tree, "-m", f"snapshot of {directory}"]
+        if parent:
+            args += ["-p", parent]
+        commit = git(args, git_dir=mirror, env=_identity()).strip()
+        git(["update-ref", ref, commit], git_dir=mirror)
+
+    def resolve_ref(self, repo: str, ref: str) -> str:
+        """The commit a branch, tag or sha names in the mirror."""
+        mirror = self.mirror_path(repo)
+        candidates = [f"refs/remotes/origin/{ref}", f"refs/tags/{ref}"]
+        if _SHA_RE.match(ref):
+            candidates.append(ref)
+        for candidate in candidates:
+            sha = git(
+                ["rev-parse", "--verify", "-q", "--end-of-options", f"{candidate}^{{commit}}"],
+                git_dir=mirror,
+                check=False,
+            ).strip()
+            if sha:
+                return sha
+        raise GitError(f"ref {ref!r} not found in repository {repo!r}")
+
+    def checkout(self, repo: str, run_id: str, commit: str) -> Path:
+        """A fresh worktree of commit on the run's branch (a leftover one is replaced)."""
+        mirror = self.mirror_path(repo)
+        path = self.worktree_path(run_id)
+        with self.locked(repo):
+            self._remove_locked(mirror, path)
+            git(
+                ["worktree", "add", "-q", "--force", "-B", run_branch(run_id), str(path), commit],
+                git_dir=mirror,
+            )
+        return path
+
+    def commit_checkpoint(self, worktree: Path, message: str) -> str:
+        """Commit everything in the worktree to the run branch; returns the new head."""
+        git(["add", "-A", "."], cwd=worktree)
+        git(
+            ["commit", "-q", "--allow-empty", "--no-verify", "-m", message],
+            cwd=worktree,
+            env=_identity(),
+        )
+        return self.head(worktree)
+
+    def head(self, worktree: Path) -> str:
+        """The commit the worktree is at."""
+        return git(["rev-parse", "HEAD"], cwd=worktree).strip()
+
+    def diffstat(self, worktree: Path, base: str, head: str) -> str:
+        """`git diff --stat` of the run's result against its base."""
+        return git(["diff", "--stat", base, head], cwd=worktree).strip()
+
+    def remove(self, repo: str, run_id: str) -> None:
+        """Remove a run's worktree (the branch stays in the mirror)."""
+        with self.locked(repo):
+            self._remove_locked(self.mirror_path(repo), self.worktree_path(run_id))
+
+    def _remove_locked(self, mirror: Path, path: Path) -> None:
+        if path.exists():
+            git(
+                ["worktree", "remove", "--force", "--force", str(path)], git_dir=mirror, check=False
+            )
+            shutil.rmtree(path, ignore_errors=True)
+        git(["worktree", "prune"], git_dir=mirror, check=False)
+
+    def run_ids_on_disk(self) -> list[str]:
+        """Runs that have a worktree on this host."""
+        return sorted(p.name for p in self.worktrees.iterdir() if p.is_dir())
+
+    def collect_orphans(self, active: set[str]) -> list[str]:
+        """Remove worktrees of runs not in active, and prune every mirror; returns removed run ids."""
+        removed = []
+        for run_id in self.run_ids_on_disk():
+            if run_id in active:
+                continue
+            shutil.rmtree(self.worktree_path(run_id), ignore_errors=True)
+            removed.append(run_id)
+        for mirror in self.mirrors.glob("*.git"):
+            with self.locked(mirror.stem):
+                git(["worktree", "prune"], git_dir=mirror, check=False)
+        if removed:
+            logger.info("removed orphaned worktrees: %s", ", ".join(removed))
+        return removed
+
+
+def _is_git_repository(path: Path) -> bool:
+    return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
+
+
+def _identity() -> dict[str, str]:
+    return {
+        "GIT_AUTHOR_NAME": CHECKPOINT_AUTHOR_NAME,
+        "GIT_AUTHOR_EMAIL": CHECKPOINT_AUTHOR_EMAIL,
+        "GIT_COMMITTER_NAME": CHECKPOINT_AUTHOR_NAME,
+        "GIT_COMMITTER_EMAIL": CHECKPOINT_AUTHOR_EMAIL,
+    }

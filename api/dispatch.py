@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Connection
 
 from shared.constants import TASK_EXECUTE_RUN
 from shared.queueing import celery_config
@@ -24,5 +23,5 @@ class CeleryDispatcher:
 
     def ping(self, timeout_s: float = 2.0) -> None:
         """Raise when the broker cannot be reached."""
-        with Connection(self.settings.broker_url, connect_timeout=timeout_s) as connection:
+        with self.app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout_s)

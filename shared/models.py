@@ -154,6 +154,8 @@ class Attempt(Base):
     commands: Mapped[list[str]] = mapped_column(JSON, default=list)
     output_tail: Mapped[str | None] = mapped_column(Text)
     log_path: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pgid: Mapped[int | None] = mapped_column(Integer)  # process group of the running command
     mitigation: Mapped[str | None] = mapped_column(String(100))
 
     phase: Mapped[Phase] = relationship(back_populates="attempts")

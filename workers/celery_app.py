@@ -40,12 +40,10 @@ def create_celery(settings: Settings) -> Celery:
 
     sweeper_holder: dict[str, Sweeper] = {}
 
-    @signals.worker_process_init.connect(weak=False)
     def _child_init(**_: Any) -> None:
         runtime_module.reset_after_fork()
         configure_logging(settings.log_level, settings.log_json)
 
-    @signals.worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
         rt = runtime_module.runtime()
         collect_orphans(rt.sessions, settings)
@@ -53,9 +51,11 @@ def create_celery(settings: Settings) -> Celery:
         sweeper.start()
         sweeper_holder["sweeper"] = sweeper
 
-    @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
         if "sweeper" in sweeper_holder:
             sweeper_holder["sweeper"].stop()
 
+    signals.worker_process_init.connect(_child_init, weak=False)
+    signals.worker_ready.connect(_ready, weak=False)
+    signals.worker_shutdown.connect(_shutdown, weak=False)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from workers.heartbeat import Heartbeat
 from workers.leases import Lease
 from workers.ledger import AttemptOutcome, Ledger
 from workers.phases import AttemptContext, runner_for
-from workers.process import CommandResult
+from workers.process import CommandResult, kill_group
 from workers.workspace import Workspaces
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ class RunExecutor:
 
     def _execute_leased(self, lease: Lease, heartbeat: Heartbeat) -> str:
         ledger = Ledger(self.sessions, lease)
-        ledger.begin_run()
+        for host, pgid in ledger.begin_run():
+            if host == socket.gethostname() and pgid and kill_group(pgid):
+                logger.info("killed process group %s left by a dead worker", pgid)
         run, phases = ledger.load_run()
         try:
             worktree, base = self._prepare_worktree(ledger, run)
@@ -127,6 +130,9 @@ class RunExecutor:
             ledger.phase_failed(phase.pk, phase_reason)
             self.observer.phase_finished(phase.phase_id, PhaseStatus.FAILED)
             status, reason = RunStatus.FAILED, f"phase {phase.phase_id}: {phase_reason}"
+            deadline_reason = self._deadline_exceeded(run)
+            if deadline_reason:
+                status, reason = RunStatus.TIMED_OUT, f"phase {phase.phase_id}: {deadline_reason}"
             break
         head = self.workspaces.head(worktree)
         diffstat = self.workspaces.diffstat(worktree, base, head)
@@ -150,18 +156,17 @@ class RunExecutor:
         return self.workspaces.checkout(run.repo, run.id, start), base
 
     def _deadline_exceeded(self, run: Run) -> str | None:
-        limit = (run.spec.get("budgets") or {}).get("max_duration_s")
-        if not limit or run.started_at is None:
-            return None
-        if (utcnow() - run.started_at).total_seconds() >= limit:
-            return f"run exceeded its max_duration_s of {limit}s"
+        remaining = self._remaining_s(run)
+        if remaining is not None and remaining <= 0:
+            return f"run exceeded its max_duration_s of {run.spec['budgets']['max_duration_s']}s"
         return None
 
     def _remaining_s(self, run: Run) -> float | None:
+        """Seconds left of the run's max_duration_s budget (None when it has none)."""
         limit = (run.spec.get("budgets") or {}).get("max_duration_s")
         if not limit or run.started_at is None:
             return None
-        return max(limit - (utcnow() - run.started_at).total_seconds(), 1.0)
+        return float(limit) - (utcnow() - run.started_at).total_seconds()
 
     def _run_phase(
         self, ledger: Ledger, heartbeat: Heartbeat, run: Run, phase: Phase, worktree: Path
@@ -171,23 +176,24 @@ class RunExecutor:
         failures = sum(1 for a in phase.attempts if a.status in COUNTED_FAILURES)
         number = max((a.number for a in phase.attempts), default=0)
         reason: str | None = "no attempt was made"
-        while failures < phase.max_attempts:
+        while failures < phase.max_attempts and not self._deadline_exceeded(run):
             number += 1
             with log_context(phase=phase.phase_id, attempt=number):
                 commands = runner.commands(phase.spec)
-                attempt_id = ledger.start_attempt(phase.pk, number, commands)
+                attempt_id = ledger.start_attempt(phase.pk, number, commands, socket.gethostname())
                 self.observer.attempt_started(phase.phase_id, number)
                 log_path = self._log_path(run.id, phase.phase_id, number)
                 timeout = float(phase.timeout_s)
                 remaining = self._remaining_s(run)
                 if remaining is not None:
-                    timeout = min(timeout, remaining)
+                    timeout = max(min(timeout, remaining), 1.0)
                 ctx = AttemptContext(
                     settings=self.settings,
                     worktree=worktree,
                     log_path=log_path,
                     timeout_s=timeout,
                     should_stop=heartbeat.stop_reason,
+                    on_spawn=functools.partial(ledger.record_process, attempt_id),
                     env={
                         "AUTOPACK_RUN_ID": run.id,
                         "AUTOPACK_PHASE_ID": phase.phase_id,

@@ -46,10 +46,20 @@ class Ledger:
             leases.fence(session, self.lease)
             yield session
 
-    def begin_run(self) -> None:
-        """Record the start time and mark attempts of earlier lease holders as lost."""
+    def begin_run(self) -> list[tuple[str | None, int | None]]:
+        """Record the start time and mark attempts of earlier lease holders as lost.
+
+        Returns (host, pgid) of the lost attempts, so a worker on the same host can kill leftovers.
+        """
         now = utcnow()
         with self.fenced() as session:
+            lost = session.execute(
+                select(Attempt.host, Attempt.pgid).where(
+                    Attempt.run_id == self.lease.run_id,
+                    Attempt.status == AttemptStatus.RUNNING,
+                    Attempt.lease_token != self.lease.token,
+                )
+            ).all()
             session.execute(
                 update(Run)
                 .where(Run.id == self.lease.run_id, Run.started_at.is_(None))
@@ -68,6 +78,7 @@ class Ledger:
                     failure_reason="worker lost before the attempt finished; the run was resumed",
                 )
             )
+        return [(host, pgid) for host, pgid in lost]
 
     def set_base(self, base_commit: str) -> None:
         """Remember the commit the run started from."""
@@ -76,7 +87,12 @@ class Ledger:
                 update(Run).where(Run.id == self.lease.run_id).values(base_commit=base_commit)
             )
 
-    def start_attempt(self, phase_pk: int, number: int, commands: list[str]) -> int:
+    def record_process(self, attempt_id: int, pgid: int) -> None:
+        """Remember the process group of the attempt's running command."""
+        with self.fenced() as session:
+            session.execute(update(Attempt).where(Attempt.id == attempt_id).values(pgid=pgid))
+
+    def start_attempt(self, phase_pk: int, number: int, commands: list[str], host: str) -> int:
         """Insert a running attempt and mark its phase running; returns the attempt id."""
         now = utcnow()
         with self.fenced() as session:
@@ -94,6 +110,7 @@ class Ledger:
                 status=AttemptStatus.RUNNING,
                 started_at=now,
                 commands=commands,
+                host=host,
             )
             session.add(attempt)
             session.flush()

@@ -23,6 +23,7 @@ class AttemptContext:
     timeout_s: float
     should_stop: Callable[[], str | None]
     env: Mapping[str, str]
+    on_spawn: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class ShellPhaseRunner:
                     timeout_s=remaining,
                     should_stop=ctx.should_stop,
                     grace_s=ctx.settings.kill_grace_s,
+                    on_spawn=ctx.on_spawn,
                 )
                 if not result.ok:
                     return PhaseResult(

@@ -73,6 +73,7 @@ def run_command(
     timeout_s: float,
     should_stop: Callable[[], str | None],
     grace_s: float,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> CommandResult:
     """Run command with bash in a new session; output goes straight to the log file."""
     log.write(f"$ {command}\n".encode())
@@ -86,6 +87,29 @@ def run_command(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    try:
+        if on_spawn is not None:
+            on_spawn(process.pid)
+        return _supervise(process, log, timeout_s, should_stop, grace_s)
+    except BaseException:
+        # Interrupted (Ctrl-C, lease lost while recording): never leave the group running.
+        terminate_group(process, grace_s)
+        raise
+
+
+def kill_group(pgid: int) -> bool:
+    """SIGKILL a whole process group left by a dead worker; False when it was already gone."""
+    return _signal_group(pgid, signal.SIGKILL)
+
+
+def _supervise(
+    process: subprocess.Popen[bytes],
+    log: IO[bytes],
+    timeout_s: float,
+    should_stop: Callable[[], str | None],
+    grace_s: float,
+) -> CommandResult:
+    """Wait for the command, enforcing the deadline and the stop signal."""
     deadline = time.monotonic() + timeout_s
     timed_out = False
     stopped: str | None = None

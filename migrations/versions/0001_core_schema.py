@@ -117,6 +117,8 @@ def upgrade() -> None:
         sa.Column("commands", sa.JSON(), nullable=False),
         sa.Column("output_tail", sa.Text(), nullable=True),
         sa.Column("log_path", sa.Text(), nullable=True),
+        sa.Column("host", sa.String(length=255), nullable=True),
+        sa.Column("pgid", sa.Integer(), nullable=True),
         sa.Column("mitigation", sa.String(length=100), nullable=True),
         sa.ForeignKeyConstraint(
             ["phase_pk"],

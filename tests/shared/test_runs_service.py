@@ -1,0 +1,103 @@
+"""Submitting, starting and listing runs against real PostgreSQL (rolled back per test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from shared import repos
+from shared.errors import Conflict, InvalidInput
+from shared.models import Run
+from shared.runs import repository, service
+from shared.runs.spec import RunCreate
+from shared.runs.states import RunStatus
+from shared.settings import Settings
+
+
+@pytest.fixture
+def registered(db: Session, tmp_path: Any) -> str:
+    repos.add(db, "svc-demo", str(tmp_path))
+    return "svc-demo"
+
+
+def spec(**overrides: Any) -> RunCreate:
+    data: dict[str, Any] = {
+        "repo": "svc-demo",
+        "goal": "g",
+        "phases": [{"id": "a", "run": "true"}, {"id": "b", "run": "true"}],
+    }
+    data.update(overrides)
+    return RunCreate.model_validate(data)
+
+
+def test_submit_stores_run_and_phases_queued(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    submitted = service.submit(db, settings, spec())
+    assert submitted.created and submitted.needs_enqueue
+    run = repository.get_run_detail(db, submitted.run.id)
+    assert run.status == RunStatus.QUEUED
+    assert [p.phase_id for p in run.phases] == ["a", "b"]
+
+
+def test_submit_same_run_id_and_spec_returns_existing(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    first = service.submit(db, settings, spec(run_id="idem-1"))
+    again = service.submit(db, settings, spec(run_id="idem-1"))
+    assert not again.created and again.run.id == first.run.id
+
+
+def test_submit_same_run_id_other_spec_conflicts(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    service.submit(db, settings, spec(run_id="idem-2"))
+    with pytest.raises(Conflict):
+        service.submit(db, settings, spec(run_id="idem-2", goal="another goal"))
+
+
+def test_submit_unknown_repo_is_invalid_and_writes_nothing(db: Session, settings: Settings) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        service.submit(db, settings, spec(repo="nope", run_id="never-written"))
+    assert caught.value.field == "repo"
+    assert db.get(Run, "never-written") is None
+
+
+def test_start_moves_created_run_to_queued_once(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    created = service.submit(db, settings, spec(start=False))
+    assert created.run.status == RunStatus.CREATED and not created.needs_enqueue
+    assert service.start(db, created.run.id).status == RunStatus.QUEUED
+    with pytest.raises(Conflict):
+        service.start(db, created.run.id)
+
+
+def test_list_runs_filters_and_paginates_newest_first(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    ids = [
+        service.submit(db, settings, spec(labels={"batch": "x", "n": str(i)})).run.id
+        for i in range(5)
+    ]
+    service.submit(db, settings, spec(labels={"batch": "y"}))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        rows, cursor = repository.list_runs(db, labels={"batch": "x"}, cursor=cursor, limit=2)
+        seen += [r.id for r in rows]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    rows, _ = repository.list_runs(db, statuses=["succeeded"], repo=registered)
+    assert rows == []
+
+
+def test_status_of_counts_phases(db: Session, settings: Settings, registered: str) -> None:
+    run = service.submit(db, settings, spec()).run
+    status = service.status_of(repository.get_run_detail(db, run.id))
+    assert status.phases["pending"] == 2
+    assert status.percent_complete == 0.0
+    assert not status.terminal

@@ -1,0 +1,200 @@
+"""The executor on real PostgreSQL and git: phases, retries, timeouts, checkpoints, takeover."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repos
+from shared.constants import run_branch
+from shared.db import transaction
+from shared.models import Run, utcnow
+from shared.runs import repository, service
+from shared.runs.spec import RunCreate
+from shared.settings import Settings
+from tests.conftest import wait_until
+from workers.executor import RunExecutor
+from workers.workspace import Workspaces
+
+Submit = Callable[..., str]
+
+
+@pytest.fixture
+def submit(
+    sessions: sessionmaker[Session], settings: Settings, make_repo: Callable[..., Path]
+) -> Submit:
+    """Register a fresh repository and submit a run against it; returns the run id."""
+    origin = make_repo({"README.md": "# demo\n", "src/app.py": "print('hi')\n"})
+    name = f"exec-{uuid.uuid4().hex[:8]}"
+    with transaction(sessions) as session:
+        repos.add(session, name, str(origin))
+
+    def do(phases: list[dict[str, Any]], **extra: Any) -> str:
+        spec = RunCreate.model_validate(
+            {"repo": name, "goal": "test the executor", "phases": phases, **extra}
+        )
+        with transaction(sessions) as session:
+            return service.submit(session, settings, spec).run.id
+
+    return do
+
+
+def detail(sessions: sessionmaker[Session], run_id: str) -> Run:
+    with sessions() as session:
+        return repository.get_run_detail(session, run_id)
+
+
+def test_execute_runs_phases_and_commits_checkpoints(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit, git: Callable[..., str]
+) -> None:
+    run_id = submit(
+        [
+            {"id": "write", "run": ["mkdir -p out", "echo hello > out/a.txt"]},
+            {"id": "check", "run": "grep -q hello out/a.txt && echo checked"},
+        ]
+    )
+    executor = RunExecutor(settings, sessions, "test-worker")
+    assert executor.execute(run_id) == "succeeded"
+
+    run = detail(sessions, run_id)
+    assert run.status == "succeeded" and run.finished_at is not None and run.lease_owner is None
+    assert [p.status for p in run.phases] == ["succeeded", "succeeded"]
+    assert run.result_commit == run.phases[-1].checkpoint_commit
+    assert "out/a.txt" in (run.result_diffstat or "")
+    mirror = Workspaces(settings).mirror_path(run.repo)
+    assert git(mirror, "rev-parse", run_branch(run_id)).strip() == run.result_commit
+    assert git(mirror, "show", f"{run.result_commit}:out/a.txt") == "hello\n"
+    assert not Workspaces(settings).worktree_path(run_id).exists()
+    attempt = run.phases[1].attempts[0]
+    assert attempt.exit_code == 0 and "checked" in (attempt.output_tail or "")
+    with sessions() as session:
+        log = repository.get_attempt_log(session, attempt)
+        assert log is not None and "$ grep -q hello out/a.txt" in log.content
+
+
+def test_execute_again_after_finish_is_a_no_op(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit, tmp_path: Path
+) -> None:
+    counter = tmp_path / "count"
+    run_id = submit([{"id": "once", "run": f"echo x >> {counter}"}])
+    executor = RunExecutor(settings, sessions, "test-worker")
+    assert executor.execute(run_id) == "succeeded"
+    assert executor.execute(run_id) is None
+    assert counter.read_text() == "x\n"
+
+
+def test_failing_phase_retries_then_fails_run_and_skips_rest(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+) -> None:
+    run_id = submit(
+        [
+            {"id": "ok", "run": "true"},
+            {"id": "bad", "run": "echo 'boom: broken thing' >&2; exit 3", "max_attempts": 3},
+            {"id": "later", "run": "true"},
+        ]
+    )
+    assert RunExecutor(settings, sessions, "test-worker").execute(run_id) == "failed"
+    run = detail(sessions, run_id)
+    assert run.status == "failed"
+    assert "phase bad: exit code 3" in (run.failure_reason or "")
+    assert [p.status for p in run.phases] == ["succeeded", "failed", "skipped"]
+    attempts = run.phases[1].attempts
+    assert [(a.number, a.status, a.exit_code) for a in attempts] == [
+        (1, "failed", 3),
+        (2, "failed", 3),
+        (3, "failed", 3),
+    ]
+    assert all("boom: broken thing" in (a.output_tail or "") for a in attempts)
+    assert run.phases[2].attempts == []
+    assert not Workspaces(settings).worktree_path(run_id).exists()
+
+
+def test_phase_timeout_marks_attempt_timed_out(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+) -> None:
+    run_id = submit([{"id": "slow", "run": "sleep 120", "timeout_s": 1}])
+    assert RunExecutor(settings, sessions, "test-worker").execute(run_id) == "failed"
+    attempt = detail(sessions, run_id).phases[0].attempts[0]
+    assert attempt.status == "timed_out" and attempt.failure_class == "timeout"
+    assert "timed out after 1s" in (attempt.failure_reason or "")
+
+
+def test_cwd_symlink_escaping_worktree_fails_attempt(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+) -> None:
+    run_id = submit(
+        [
+            {"id": "link", "run": "ln -s / escape"},
+            {"id": "use", "run": "touch pwned", "cwd": "escape/tmp"},
+        ]
+    )
+    assert RunExecutor(settings, sessions, "test-worker").execute(run_id) == "failed"
+    phase = detail(sessions, run_id).phases[1]
+    assert "outside the worktree" in (phase.failure_reason or "")
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_run_deadline_times_out_run(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+) -> None:
+    run_id = submit(
+        [{"id": "slow", "run": "sleep 60", "timeout_s": 600}, {"id": "after", "run": "true"}],
+        budgets={"max_duration_s": 1},
+    )
+    assert RunExecutor(settings, sessions, "test-worker").execute(run_id) == "timed_out"
+    run = detail(sessions, run_id)
+    assert "max_duration_s of 1s" in (run.failure_reason or "")
+    assert run.phases[0].attempts[0].status == "timed_out"
+    assert run.phases[1].status == "skipped"
+
+
+def test_takeover_fences_old_worker_and_resumes_from_checkpoint(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit, tmp_path: Path
+) -> None:
+    marker, counter = tmp_path / "started", tmp_path / "first-phase-runs"
+    run_id = submit(
+        [
+            {"id": "first", "run": f"echo run >> {counter}; echo one > one.txt"},
+            {
+                "id": "second",
+                "run": 'if [ -e "$MARK" ]; then echo two > two.txt; else touch "$MARK"; sleep 120; fi',
+                "env": {"MARK": str(marker)},
+                "timeout_s": 300,
+            },
+        ]
+    )
+    old_result: list[str | None] = []
+    old = threading.Thread(
+        target=lambda: old_result.append(
+            RunExecutor(settings, sessions, "old-worker").execute(run_id)
+        )
+    )
+    old.start()
+    wait_until(marker.exists, timeout=30, what="second phase to start")
+    with transaction(sessions) as session:  # the old worker's lease runs out as if it had stalled
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+    assert RunExecutor(settings, sessions, "new-worker").execute(run_id) == "succeeded"
+    old.join(timeout=30)
+    assert not old.is_alive() and old_result == [None]
+
+    run = detail(sessions, run_id)
+    assert run.status == "succeeded" and run.lease_token == 2
+    assert counter.read_text() == "run\n"  # the first phase did not run again
+    assert [(a.number, a.status, a.worker) for a in run.phases[1].attempts] == [
+        (1, "lost", "old-worker"),
+        (2, "succeeded", "new-worker"),
+    ]
+    assert [a.lease_token for a in run.phases[1].attempts] == [1, 2]

@@ -77,3 +77,5 @@ def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> Non
     handler._autopack = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Alembic narrates every connection at INFO; only its warnings matter to an operator.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -19,6 +19,8 @@ from shared.db import make_engine, make_session_factory
 from shared.migrations import upgrade
 from shared.settings import Settings
 
+pytest_plugins = ["tests.services"]
+
 PG_ADMIN = os.environ.get("AUTOPACK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("AUTOPACK_TEST_REDIS", "redis://127.0.0.1:6379")
 

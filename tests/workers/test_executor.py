@@ -117,14 +117,32 @@ def test_failing_phase_retries_then_fails_run_and_skips_rest(
     assert not Workspaces(settings).worktree_path(run_id).exists()
 
 
-def test_phase_timeout_marks_attempt_timed_out(
-    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+def test_phase_timeout_kills_group_and_marks_attempt_timed_out(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit, tmp_path: Path
 ) -> None:
-    run_id = submit([{"id": "slow", "run": "sleep 120", "timeout_s": 1}])
+    pids = tmp_path / "pids"
+    run_id = submit(
+        [
+            {
+                "id": "slow",
+                "run": f"(trap '' TERM; sleep 120) & echo $! > {pids}; sleep 120",
+                "timeout_s": 1,
+            }
+        ]
+    )
     assert RunExecutor(settings, sessions, "test-worker").execute(run_id) == "failed"
     attempt = detail(sessions, run_id).phases[0].attempts[0]
     assert attempt.status == "timed_out" and attempt.failure_class == "timeout"
     assert "timed out after 1s" in (attempt.failure_reason or "")
+    child = int(pids.read_text())
+    wait_until(
+        lambda: (
+            not Path(f"/proc/{child}").exists()
+            or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+        ),
+        timeout=10,
+        what="the TERM-ignoring child to be killed",
+    )
 
 
 def test_cwd_symlink_escaping_worktree_fails_attempt(

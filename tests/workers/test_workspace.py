@@ -1,0 +1,89 @@
+"""Mirrors and worktrees on real git: snapshots of plain directories, refs, orphan collection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings
+from workers.gitcmd import GitError
+from workers.phases import build_env
+from workers.workspace import Workspaces
+
+
+@pytest.fixture
+def spaces(tmp_path: Path) -> Workspaces:
+    return Workspaces(Settings(data_dir=tmp_path / "data"))
+
+
+def test_plain_directory_is_imported_as_snapshot_and_reimported_on_change(
+    spaces: Workspaces, tmp_path: Path
+) -> None:
+    project = tmp_path / "plain"
+    project.mkdir()
+    (project / "a.txt").write_text("1\n")
+    spaces.sync_mirror("plain", str(project))
+    first = spaces.resolve_ref("plain", "main")
+    spaces.sync_mirror("plain", str(project))
+    assert spaces.resolve_ref("plain", "main") == first  # unchanged files: no new commit
+    (project / "a.txt").write_text("2\n")
+    spaces.sync_mirror("plain", str(project))
+    assert spaces.resolve_ref("plain", "main") != first
+
+
+def test_fetch_sees_new_commits_and_resolves_tags_and_shas(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    old = spaces.resolve_ref("r", "main")
+    (origin / "a.txt").write_text("2\n")
+    git(origin, "commit", "-qam", "second")
+    git(origin, "tag", "v1")
+    spaces.sync_mirror("r", str(origin))
+    new = spaces.resolve_ref("r", "main")
+    assert new != old
+    assert spaces.resolve_ref("r", "v1") == new
+    assert spaces.resolve_ref("r", old[:10]) == old
+    with pytest.raises(GitError, match="not found"):
+        spaces.resolve_ref("r", "no-such-branch")
+
+
+def test_collect_orphans_removes_worktrees_of_inactive_runs_only(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo()
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    for run_id in ("alive", "dead"):
+        spaces.checkout("r", run_id, commit)
+    removed = spaces.collect_orphans(active={"alive"})
+    assert removed == ["dead"]
+    assert spaces.worktree_path("alive").exists() and not spaces.worktree_path("dead").exists()
+    listed = git(spaces.mirror_path("r"), "worktree", "list")
+    assert "alive" in listed and "dead" not in listed
+
+
+def test_checkout_replaces_a_dirty_leftover_worktree(
+    spaces: Workspaces, make_repo: Callable[..., Path]
+) -> None:
+    origin = make_repo({"a.txt": "clean\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    path = spaces.checkout("r", "run", commit)
+    (path / "a.txt").write_text("dirty\n")
+    (path / "junk").write_text("x")
+    path = spaces.checkout("r", "run", commit)
+    assert (path / "a.txt").read_text() == "clean\n" and not (path / "junk").exists()
+
+
+def test_phase_env_contains_only_allowlisted_worker_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    env = build_env(Settings(), {"MINE": "1"}, {"AUTOPACK_RUN_ID": "r"})
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["LANG"] == "C.UTF-8" and env["MINE"] == "1" and env["AUTOPACK_RUN_ID"] == "r"

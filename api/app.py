@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api import errors
 from api.dispatch import CeleryDispatcher
 from api.middleware import LimitBodyMiddleware, RequestIdMiddleware
-from api.routes import health, runs
+from api.routes import dashboard, health, observability, runs
 from shared.db import make_engine, make_session_factory
 from shared.migrations import ensure_migrated
 from shared.settings import Settings, get_settings
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         app.state.dispatcher = CeleryDispatcher(settings)
+        app.state.metrics_registry = observability.make_registry(settings, app.state.sessions)
         yield
         engine.dispose()
 
@@ -40,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(runs.router)
+    app.include_router(dashboard.router)
+    app.include_router(observability.router)
     app.add_middleware(LimitBodyMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

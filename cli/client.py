@@ -147,3 +147,25 @@ def runs_command(
             (run.get("result_commit") or "")[:12],
         )
     console.print(table)
+
+
+def workers_command(
+    all_: Annotated[bool, typer.Option("--all", help="Include workers that shut down.")] = False,
+) -> None:
+    """List workers with their status (alive, stale, stalled), queues and current runs."""
+    with make_client(load_settings()) as client:
+        rows = request(client, "GET", "/workers", params={"include_stopped": all_}).json()
+    table = Table("worker", "host", "pid", "status", "queues", "running", "received", "last seen")
+    styles = {"alive": "green", "stale": "red", "stalled": "red", "stopped": "dim"}
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["host"],
+            str(row["pid"]),
+            Text(row["status"], style=styles.get(row["status"], "")),
+            ",".join(row["queues"]),
+            ",".join(row["active_runs"]) or "-",
+            str(row["received_total"]),
+            row["last_seen_at"][:19],
+        )
+    console.print(table)

@@ -49,12 +49,13 @@ def worker_command(
     settings = load_settings()
     configure_logging(loglevel, settings.log_json)
     open_sessions(settings)
-    app = create_celery(settings)
+    queue_list = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
+    app = create_celery(settings, queue_list)
     app.worker_main(
         [
             "worker",
             f"--concurrency={concurrency}",
-            f"--queues={queues or settings.queue}",
+            f"--queues={','.join(queue_list)}",
             f"--hostname={hostname or f'autopack-{os.getpid()}@%h'}",
             f"--loglevel={loglevel}",
             f"--pool={pool}",
@@ -63,6 +64,16 @@ def worker_command(
             "--without-mingle",
         ]
     )
+    # Celery's worker_main drops the exit code; the shutdown request holds it (3 after a stall).
+    from celery.worker import state
+
+    code = (
+        state.should_stop
+        if isinstance(state.should_stop, int) and not isinstance(state.should_stop, bool)
+        else 0
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 def flower_command(

@@ -160,7 +160,10 @@ class Attempt(Base):
 
     phase: Mapped[Phase] = relationship(back_populates="attempts")
 
-    __table_args__ = (UniqueConstraint("phase_pk", "number", name="uq_attempts_phase_pk_number"),)
+    __table_args__ = (
+        UniqueConstraint("phase_pk", "number", name="uq_attempts_phase_pk_number"),
+        Index("ix_attempts_started_at", "started_at"),
+    )
 
 
 class AttemptLog(Base):
@@ -197,3 +200,140 @@ class Repository(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     url: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ErrorLog(Base):
+    """One failed attempt, classified: the input of pattern expansion."""
+
+    __tablename__ = "error_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    phase_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    error_type: Mapped[str] = mapped_column(String(64))
+    failure_class: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    normalized_message: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(64), index=True)
+    sample: Mapped[str] = mapped_column(Text)
+    hardening_caught: Mapped[bool] = mapped_column(Boolean, default=False)
+    pattern_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_error_logs_run_id", "run_id"),
+        Index("ix_error_logs_caught_created_at", "hardening_caught", "created_at"),
+    )
+
+
+class Phase6Metric(Base):
+    """Per failed or mitigated attempt: what hardening did, what the Doctor would have cost."""
+
+    __tablename__ = "phase6_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    phase_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    failure_hardening_triggered: Mapped[bool] = mapped_column(Boolean, default=False)
+    failure_pattern_detected: Mapped[str | None] = mapped_column(String(100))
+    failure_hardening_mitigated: Mapped[bool] = mapped_column(Boolean, default=False)
+    mitigation_fixed: Mapped[bool | None] = mapped_column(Boolean)  # the retry succeeded
+    mitigation_actions: Mapped[list[str] | None] = mapped_column(JSON)
+    doctor_called: Mapped[bool] = mapped_column(Boolean, default=False)
+    doctor_action: Mapped[str | None] = mapped_column(String(32))
+    doctor_call_skipped: Mapped[bool] = mapped_column(Boolean, default=False)
+    doctor_tokens_avoided_estimate: Mapped[int | None] = mapped_column(Integer)
+    estimate_coverage_n: Mapped[int | None] = mapped_column(Integer)
+    estimate_source: Mapped[str | None] = mapped_column(String(16))
+    actual_tokens_saved: Mapped[int | None] = mapped_column(Integer)  # reserved for A/B deltas
+    phase_outcome: Mapped[str | None] = mapped_column(String(20))
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    duration_s: Mapped[float | None]
+    intention_context_injected: Mapped[bool] = mapped_column(Boolean, default=False)
+    intention_context_chars: Mapped[int | None] = mapped_column(Integer)
+    intention_context_source: Mapped[str | None] = mapped_column(String(32))
+    plan_normalization_used: Mapped[bool] = mapped_column(Boolean, default=False)
+    plan_normalization_confidence: Mapped[float | None]
+    plan_normalization_warnings: Mapped[int | None] = mapped_column(Integer)
+    plan_deliverables_count: Mapped[int | None] = mapped_column(Integer)
+    plan_scope_size_bytes: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_phase6_metrics_run_id_phase_id", "run_id", "phase_id"),
+        Index("ix_phase6_metrics_created_at", "created_at"),
+    )
+
+
+class LlmUsageEvent(Base):
+    """One LLM call: who asked, which model, how many tokens, what it cost."""
+
+    __tablename__ = "llm_usage_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    phase_id: Mapped[str | None] = mapped_column(String(64))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    is_doctor_call: Mapped[bool] = mapped_column(Boolean, default=False)
+    doctor_model_tier: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str | None] = mapped_column(String(32))
+    cost_usd: Mapped[float | None]
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_llm_usage_events_run_id", "run_id"),
+        Index("ix_llm_usage_events_doctor_created_at", "is_doctor_call", "created_at"),
+        Index("ix_llm_usage_events_created_at", "created_at"),
+    )
+
+
+class TokenEfficiencyMetric(Base):
+    """How an LLM context was budgeted: what was kept, omitted or substituted."""
+
+    __tablename__ = "token_efficiency_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    phase_id: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(32))
+    context_budget_tokens: Mapped[int] = mapped_column(Integer)
+    context_used_tokens: Mapped[int] = mapped_column(Integer)
+    files_kept: Mapped[int] = mapped_column(Integer, default=0)
+    files_omitted: Mapped[int] = mapped_column(Integer, default=0)
+    artifact_substitutions: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_saved_artifacts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_token_efficiency_metrics_run_id", "run_id"),
+        Index("ix_token_efficiency_metrics_created_at", "created_at"),
+    )
+
+
+class WorkerRecord(Base):
+    """A worker process that registered and heartbeats: where it runs and whether it consumes."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the Celery node name
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    active_runs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    received_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_received_at: Mapped[datetime | None]
+    stalled_since: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]

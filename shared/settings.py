@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 10.0
     sweep_interval_s: float = 15.0
     kill_grace_s: float = 5.0
+    # A worker with free slots that receives nothing while its queue holds messages this long is stalled.
+    worker_stall_timeout_s: float = 120.0
     max_run_duration_s: int = 24 * 3600
     output_tail_bytes: int = 8192
     max_log_bytes: int = 1_048_576
@@ -78,9 +81,31 @@ class Settings(BaseSettings):
         ]
     )
 
+    # Failure hardening: pattern ids switched off for every run (runs may switch off more).
+    hardening_disabled_patterns: list[str] = Field(default_factory=list)
+    # Installing a module the project does not declare is refused unless a run or this allows it.
+    hardening_allow_undeclared_installs: bool = False
+
+    # The Doctor (LLM fallback). Off unless a provider is configured.
+    llm_provider: Literal["openai", "anthropic"] | None = None
+    llm_base_url: str | None = None  # default: the provider's public endpoint
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = 60.0
+    doctor_model_cheap: str = "gpt-4o-mini"
+    doctor_model_strong: str | None = None  # used from the second call on a phase, when set
+    doctor_max_calls_per_phase: int = 2
+    doctor_max_calls_per_run: int = 6
+    doctor_context_tokens: int = 3000  # budget of the failure context sent to the Doctor
+    doctor_max_output_tokens: int = 800
+    # USD per million tokens, by model: {"gpt-4o-mini": [0.15, 0.6]} (prompt, completion).
+    llm_prices: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
     # Client side: where `autopack submit/status/runs` send requests.
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
+
+    # /metrics answers without a key unless this is set.
+    metrics_require_key: bool = False
 
     flower_port: int = 5555
     flower_basic_auth: SecretStr | None = None

@@ -89,14 +89,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def api_url(
-    settings: Settings, engine: Engine, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A real API process on a free port."""
+def start_api(settings: Settings, log: Path, **overrides: str) -> tuple[Service, str]:
+    """Start `autopack api` on a free port and wait until it answers /healthz."""
     port = free_port()
-    log = tmp_path_factory.mktemp("api") / "api.log"
-    service = start_service(["api", "--port", str(port)], service_env(settings), log)
+    service = start_service(["api", "--port", str(port)], service_env(settings, **overrides), log)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -108,6 +104,15 @@ def api_url(
             return False
 
     wait_until(up, timeout=30, what="API to answer /healthz")
+    return service, url
+
+
+@pytest.fixture(scope="session")
+def api_url(
+    settings: Settings, engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real API process on a free port."""
+    service, url = start_api(settings, tmp_path_factory.mktemp("api") / "api.log")
     yield url
     service.stop()
 
@@ -133,15 +138,23 @@ def start_worker(
     concurrency: int = 2,
     data_dir: Path | None = None,
     queue: str | None = None,
+    env: dict[str, str] | None = None,
+    node: str | None = None,
 ) -> Service:
-    """Start `autopack worker` and wait until Celery reports it ready."""
-    overrides = {}
+    """Start `autopack worker` (Celery node `node`, default random) and wait until it is ready."""
+    overrides = dict(env or {})
     if data_dir is not None:
         overrides["AUTOPACK_DATA_DIR"] = str(data_dir)
     if queue is not None:
         overrides["AUTOPACK_QUEUE"] = queue
     service = start_service(
-        ["worker", "--concurrency", str(concurrency), "--hostname", f"w-{uuid.uuid4().hex[:6]}@%h"],
+        [
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            node or f"w-{uuid.uuid4().hex[:6]}@%h",
+        ],
         service_env(settings, **overrides),
         log,
     )

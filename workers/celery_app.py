@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, signals
+from celery.worker import state as worker_state
 
 from shared.constants import TASK_EXECUTE_RUN
 from shared.logs import configure_logging
 from shared.queueing import celery_config
 from shared.settings import Settings
 from workers import runtime as runtime_module
+from workers.liveness import EXIT_STALLED, Liveness
 from workers.sweeper import Sweeper, collect_orphans
 
 logger = logging.getLogger(__name__)
@@ -28,7 +31,19 @@ class CeleryDispatcher:
         self.app.send_task(TASK_EXECUTE_RUN, args=[run_id], queue=self.queue)
 
 
-def create_celery(settings: Settings) -> Celery:
+def _active_runs() -> list[str]:
+    """Run ids of the tasks this worker is executing (tracked by Celery's main process)."""
+    return sorted(
+        str(request.args[0]) for request in list(worker_state.active_requests) if request.args
+    )
+
+
+def _request_exit() -> None:
+    """Ask Celery for a warm shutdown with EXIT_STALLED (checked by its event loop)."""
+    worker_state.should_stop = EXIT_STALLED
+
+
+def create_celery(settings: Settings, queues: list[str] | None = None) -> Celery:
     """A configured worker app with the task registered."""
     app = Celery("autopack")
     app.conf.update(celery_config(settings))
@@ -38,7 +53,15 @@ def create_celery(settings: Settings) -> Celery:
         """Execute a run if this delivery wins its lease."""
         return runtime_module.runtime().executor.execute(run_id)
 
-    sweeper_holder: dict[str, Sweeper] = {}
+    holder: dict[str, Any] = {}
+
+    def _init(sender: Any = None, **_: Any) -> None:
+        holder["node"] = getattr(sender, "hostname", None) or f"autopack-{os.getpid()}"
+        holder["concurrency"] = int(getattr(sender, "concurrency", 1) or 1)
+
+    def _received(**_: Any) -> None:
+        if "liveness" in holder:
+            holder["liveness"].task_received()
 
     def _child_init(**_: Any) -> None:
         runtime_module.reset_after_fork()
@@ -49,12 +72,26 @@ def create_celery(settings: Settings) -> Celery:
         collect_orphans(rt.sessions, settings)
         sweeper = Sweeper(rt.sessions, CeleryDispatcher(app, settings.queue), settings)
         sweeper.start()
-        sweeper_holder["sweeper"] = sweeper
+        holder["sweeper"] = sweeper
+        liveness = Liveness(
+            rt.sessions,
+            settings,
+            node=holder.get("node") or f"autopack-{os.getpid()}",
+            queues=list(queues or [settings.queue]),
+            concurrency=holder.get("concurrency", 1),
+            active_runs=_active_runs,
+            on_stall=_request_exit,
+        )
+        liveness.start()
+        holder["liveness"] = liveness
 
     def _shutdown(**_: Any) -> None:
-        if "sweeper" in sweeper_holder:
-            sweeper_holder["sweeper"].stop()
+        for name in ("sweeper", "liveness"):
+            if name in holder:
+                holder[name].stop()
 
+    signals.worker_init.connect(_init, weak=False)
+    signals.task_received.connect(_received, weak=False)
     signals.worker_process_init.connect(_child_init, weak=False)
     signals.worker_ready.connect(_ready, weak=False)
     signals.worker_shutdown.connect(_shutdown, weak=False)

@@ -6,10 +6,11 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,13 +20,19 @@ from shared.errors import LeaseLost
 from shared.logs import log_context
 from shared.models import Phase, Run, utcnow
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
+from shared.scope import outside_scope
 from shared.settings import Settings
 from workers import leases
+from workers.changes import changed_paths
+from workers.doctor.doctor import Doctor
+from workers.hardening.base import RetryOverrides
+from workers.hardening.registry import PatternRegistry
 from workers.heartbeat import Heartbeat
 from workers.leases import Lease
 from workers.ledger import AttemptOutcome, Ledger
-from workers.phases import AttemptContext, runner_for
+from workers.phases import AttemptContext, PhaseRunner, build_env, resolve_cwd, runner_for
 from workers.process import CommandResult, kill_group
+from workers.recovery import Decision, FailedAttempt, PhaseRecovery, Recovery
 from workers.workspace import Workspaces
 
 logger = logging.getLogger(__name__)
@@ -75,6 +82,8 @@ class RunExecutor:
 
     def __post_init__(self) -> None:
         self.workspaces = Workspaces(self.settings)
+        self.registry = PatternRegistry.default()
+        self.doctor = Doctor(self.settings)
 
     def execute(self, run_id: str) -> str | None:
         """Run it to the end if this call wins the lease; None when the delivery is a no-op."""
@@ -173,46 +182,112 @@ class RunExecutor:
     ) -> str | None:
         """Attempt a phase until it succeeds or its attempts are spent; returns the failure reason."""
         runner = runner_for(phase.kind)
+        recovery = Recovery(
+            self.settings, ledger, self.registry, self.doctor, heartbeat.stop_reason
+        )
+        state = PhaseRecovery()
         failures = sum(1 for a in phase.attempts if a.status in COUNTED_FAILURES)
         number = max((a.number for a in phase.attempts), default=0)
         reason: str | None = "no attempt was made"
         while failures < phase.max_attempts and not self._deadline_exceeded(run):
             number += 1
+            spec = _with_overrides(phase.spec, state.overrides)
+            if state.overrides.delay_s:
+                self._pause(state.overrides.delay_s, heartbeat)
+                state.overrides = replace(state.overrides, delay_s=0.0)
             with log_context(phase=phase.phase_id, attempt=number):
-                commands = runner.commands(phase.spec)
-                attempt_id = ledger.start_attempt(phase.pk, number, commands, socket.gethostname())
-                self.observer.attempt_started(phase.phase_id, number)
-                log_path = self._log_path(run.id, phase.phase_id, number)
-                timeout = float(phase.timeout_s)
-                remaining = self._remaining_s(run)
-                if remaining is not None:
-                    timeout = max(min(timeout, remaining), 1.0)
-                ctx = AttemptContext(
-                    settings=self.settings,
-                    worktree=worktree,
-                    log_path=log_path,
-                    timeout_s=timeout,
-                    should_stop=heartbeat.stop_reason,
-                    on_spawn=functools.partial(ledger.record_process, attempt_id),
-                    env={
-                        "AUTOPACK_RUN_ID": run.id,
-                        "AUTOPACK_PHASE_ID": phase.phase_id,
-                        "AUTOPACK_ATTEMPT": str(number),
-                        "AUTOPACK_WORKTREE": str(worktree),
-                    },
-                )
-                result = runner.run(phase.spec, ctx)
+                step = self._attempt(ledger, heartbeat, run, phase, worktree, runner, spec, number)
                 if heartbeat.lost.is_set():
                     raise LeaseLost("lease lost during the attempt")
-                outcome = self._outcome(result.result, result.reason, log_path)
-                ledger.finish_attempt(attempt_id, outcome)
+                succeeded = step.status == AttemptStatus.SUCCEEDED
+                recovery.settle_previous(state, succeeded)
+                decision = None
+                if not succeeded and step.status != AttemptStatus.CANCELLED:
+                    decision = recovery.after_failure(
+                        run, phase, step.failed(failures + 1 < phase.max_attempts), state
+                    )
+                outcome = self._outcome(step, decision)
+                ledger.finish_attempt(step.attempt_id, outcome)
                 self.observer.attempt_finished(phase.phase_id, number, outcome.status)
-                logger.info("attempt finished: %s", outcome.status)
-                if outcome.status == AttemptStatus.SUCCEEDED:
+                logger.info(
+                    "attempt finished: %s%s",
+                    outcome.status,
+                    f" ({decision.mitigation})" if decision and decision.mitigation else "",
+                )
+                if succeeded:
                     return None
-                reason = result.reason
-                failures += 1
+                reason = step.reason
+                if step.status == AttemptStatus.CANCELLED or decision is None:
+                    return reason
+                if decision.give_up_reason:
+                    return f"{reason}; {decision.give_up_reason}"
+                if decision.counts:
+                    failures += 1
         return reason
+
+    def _attempt(
+        self,
+        ledger: Ledger,
+        heartbeat: Heartbeat,
+        run: Run,
+        phase: Phase,
+        worktree: Path,
+        runner: PhaseRunner,
+        spec: dict[str, Any],
+        number: int,
+    ) -> AttemptStep:
+        """Run one attempt and check its changes against the phase scope."""
+        commands = runner.commands(spec, worktree)
+        attempt_id = ledger.start_attempt(phase.pk, number, commands, socket.gethostname())
+        self.observer.attempt_started(phase.phase_id, number)
+        log_path = self._log_path(run.id, phase.phase_id, number)
+        timeout = float(phase.timeout_s)
+        remaining = self._remaining_s(run)
+        if remaining is not None:
+            timeout = max(min(timeout, remaining), 1.0)
+        env_extra = {
+            "AUTOPACK_RUN_ID": run.id,
+            "AUTOPACK_PHASE_ID": phase.phase_id,
+            "AUTOPACK_ATTEMPT": str(number),
+            "AUTOPACK_WORKTREE": str(worktree),
+        }
+        ctx = AttemptContext(
+            settings=self.settings,
+            worktree=worktree,
+            log_path=log_path,
+            timeout_s=timeout,
+            should_stop=heartbeat.stop_reason,
+            env=env_extra,
+            on_spawn=functools.partial(ledger.record_process, attempt_id),
+        )
+        started = time.monotonic()
+        result = runner.run(spec, ctx)
+        scope = list(phase.spec.get("scope") or [])
+        violations = (
+            outside_scope((c.path for c in changed_paths(worktree)), scope) if scope else []
+        )
+        reason = result.reason
+        if violations and reason is None:
+            reason = f"changed files outside the phase scope: {', '.join(violations[:20])}"
+        return AttemptStep(
+            attempt_id=attempt_id,
+            number=number,
+            result=result.result,
+            reason=reason,
+            log_path=log_path,
+            worktree=worktree,
+            cwd=_safe_cwd(worktree, spec.get("cwd")),
+            commands=commands,
+            env=build_env(self.settings, spec.get("env") or {}, env_extra),
+            outside_scope=violations,
+            duration_s=time.monotonic() - started,
+        )
+
+    def _pause(self, seconds: float, heartbeat: Heartbeat) -> None:
+        """Back off before a retry, waking early if the run must stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and heartbeat.stop_reason() is None:
+            time.sleep(min(0.2, deadline - time.monotonic()))
 
     def _log_path(self, run_id: str, phase_id: str, number: int) -> Path:
         folder = self.settings.data_dir / "logs" / run_id / phase_id
@@ -221,8 +296,8 @@ class RunExecutor:
         path.write_bytes(b"")
         return path
 
-    def _outcome(self, result: CommandResult, reason: str | None, log_path: Path) -> AttemptOutcome:
-        data = log_path.read_bytes()
+    def _outcome(self, step: AttemptStep, decision: Decision | None) -> AttemptOutcome:
+        data = step.log_path.read_bytes()
         tail = data[-self.settings.output_tail_bytes :].decode("utf-8", "replace")
         cap = self.settings.max_log_bytes
         truncated = len(data) > cap
@@ -230,28 +305,91 @@ class RunExecutor:
             half = cap // 2
             marker = f"\n[autopack] ... {len(data) - cap} bytes omitted ...\n".encode()
             data = data[:half] + marker + data[-half:]
-        if result.ok and reason is None:
-            status = AttemptStatus.SUCCEEDED
-        elif result.timed_out:
-            status = AttemptStatus.TIMED_OUT
-        elif result.stopped == "cancel requested":
-            status = AttemptStatus.CANCELLED
-        else:
-            status = AttemptStatus.FAILED
-        failure_class = None
-        if status == AttemptStatus.TIMED_OUT:
-            failure_class = "timeout"
-        elif status == AttemptStatus.FAILED:
-            failure_class = "unknown"
         return AttemptOutcome(
-            status=status,
-            exit_code=result.exit_code,
-            signal=result.signal,
-            failure_class=failure_class,
-            failure_reason=reason,
+            status=step.status,
+            exit_code=step.result.exit_code,
+            signal=step.result.signal,
+            failure_class=str(decision.failure.failure_class)
+            if decision
+            else ("timeout" if step.result.timed_out else None),
+            failure_reason=step.reason,
             output_tail=tail,
-            log_path=str(log_path),
+            log_path=str(step.log_path),
             log_content=data.decode("utf-8", "replace"),
             log_truncated=truncated,
-            log_size=log_path.stat().st_size,
+            log_size=step.log_path.stat().st_size,
+            mitigation=decision.mitigation if decision else None,
         )
+
+
+@dataclass(frozen=True)
+class AttemptStep:
+    """An attempt that ran, before it is recorded."""
+
+    attempt_id: int
+    number: int
+    result: CommandResult
+    reason: str | None
+    log_path: Path
+    worktree: Path
+    cwd: Path
+    commands: list[str]
+    env: dict[str, str]
+    outside_scope: list[str]
+    duration_s: float
+
+    @property
+    def status(self) -> AttemptStatus:
+        """How the attempt ended."""
+        if self.result.ok and self.reason is None:
+            return AttemptStatus.SUCCEEDED
+        if self.result.timed_out:
+            return AttemptStatus.TIMED_OUT
+        if self.result.stopped == "cancel requested":
+            return AttemptStatus.CANCELLED
+        return AttemptStatus.FAILED
+
+    def failed(self, attempts_left: bool) -> FailedAttempt:
+        """The view recovery reasons about."""
+        return FailedAttempt(
+            number=self.number,
+            worktree=self.worktree,
+            cwd=self.cwd,
+            commands=self.commands,
+            exit_code=self.result.exit_code,
+            signal=self.result.signal,
+            timed_out=self.result.timed_out,
+            output=_read_tail(self.log_path, RECOVERY_TAIL_BYTES),
+            outside_scope=self.outside_scope,
+            env=self.env,
+            log_path=self.log_path,
+            duration_s=self.duration_s,
+            attempts_left=attempts_left,
+        )
+
+
+RECOVERY_TAIL_BYTES = 65536
+
+
+def _read_tail(path: Path, size: int) -> str:
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        handle.seek(max(handle.tell() - size, 0))
+        return handle.read().decode("utf-8", "replace")
+
+
+def _with_overrides(spec: dict[str, Any], overrides: RetryOverrides) -> dict[str, Any]:
+    """The phase spec as the next attempt runs it."""
+    effective = dict(spec)
+    if overrides.cwd is not None:
+        effective["cwd"] = overrides.cwd
+    if overrides.commands is not None:
+        effective["run"] = list(overrides.commands)
+    return effective
+
+
+def _safe_cwd(worktree: Path, cwd: str | None) -> Path:
+    try:
+        return resolve_cwd(worktree, cwd)
+    except ValueError:
+        return worktree.resolve()

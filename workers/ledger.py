@@ -30,6 +30,7 @@ class AttemptOutcome:
     log_content: str
     log_truncated: bool
     log_size: int
+    mitigation: str | None = None
 
 
 class Ledger:
@@ -129,6 +130,7 @@ class Ledger:
             attempt.failure_reason = outcome.failure_reason
             attempt.output_tail = outcome.output_tail
             attempt.log_path = outcome.log_path
+            attempt.mitigation = outcome.mitigation
             session.add(
                 AttemptLog(
                     attempt_id=attempt_id,

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.settings import Settings
+from workers.patching import PatchRejected, apply_patch
 from workers.process import CommandResult, run_command
+from workers.toolchain import detect_primary
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class PhaseResult:
 class PhaseRunner(Protocol):
     """Executes one attempt of a phase kind."""
 
-    def commands(self, spec: Mapping[str, Any]) -> list[str]:
+    def commands(self, spec: Mapping[str, Any], worktree: Path) -> list[str]:
         """The commands this attempt will run, recorded on the attempt."""
         ...
 
@@ -69,40 +71,89 @@ def resolve_cwd(worktree: Path, cwd: str | None) -> Path:
     return target
 
 
-class ShellPhaseRunner:
-    """Runs each command with bash, stopping at the first failure."""
+def run_commands(commands: list[str], spec: Mapping[str, Any], ctx: AttemptContext) -> PhaseResult:
+    """Run commands in order with bash in the phase's directory, stopping at the first failure."""
+    with ctx.log_path.open("ab") as log:
+        try:
+            cwd = resolve_cwd(ctx.worktree, spec.get("cwd"))
+        except ValueError as error:
+            log.write(f"[autopack] {error}\n".encode())
+            return PhaseResult(CommandResult(None, None, False, None), str(error), commands)
+        env = build_env(ctx.settings, spec.get("env") or {}, ctx.env)
+        deadline = time.monotonic() + ctx.timeout_s
+        result = CommandResult(0, None, False, None)
+        for command in commands:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            result = run_command(
+                command,
+                cwd=cwd,
+                env=env,
+                log=log,
+                timeout_s=remaining,
+                should_stop=ctx.should_stop,
+                grace_s=ctx.settings.kill_grace_s,
+                on_spawn=ctx.on_spawn,
+            )
+            if not result.ok:
+                return PhaseResult(
+                    result, describe_failure(command, result, ctx.timeout_s), commands
+                )
+    return PhaseResult(result, None, commands)
 
-    def commands(self, spec: Mapping[str, Any]) -> list[str]:
+
+class ShellPhaseRunner:
+    """Runs the phase's commands."""
+
+    def commands(self, spec: Mapping[str, Any], worktree: Path) -> list[str]:
         return list(spec["run"])
 
     def run(self, spec: Mapping[str, Any], ctx: AttemptContext) -> PhaseResult:
-        commands = self.commands(spec)
+        return run_commands(self.commands(spec, ctx.worktree), spec, ctx)
+
+
+class ValidatePhaseRunner:
+    """Runs the install/build/test/smoke commands of the toolchain detected in the phase's directory."""
+
+    def commands(self, spec: Mapping[str, Any], worktree: Path) -> list[str]:
+        try:
+            directory = resolve_cwd(worktree, spec.get("cwd"))
+        except ValueError:
+            return []
+        detection = detect_primary(directory)
+        if detection is None:
+            return []
+        steps = spec.get("steps") or ["install", "test"]
+        return [command for step in steps for command in getattr(detection, step)]
+
+    def run(self, spec: Mapping[str, Any], ctx: AttemptContext) -> PhaseResult:
+        commands = self.commands(spec, ctx.worktree)
+        if not commands:
+            where = spec.get("cwd") or "the worktree root"
+            reason = f"no toolchain detected in {where} (looked for Python, Node, Go, Rust and Java projects)"
+            with ctx.log_path.open("ab") as log:
+                log.write(f"[autopack] {reason}\n".encode())
+            return PhaseResult(CommandResult(None, None, False, None), reason, commands)
+        with ctx.log_path.open("ab") as log:
+            log.write(f"[autopack] validate: {len(commands)} inferred command(s)\n".encode())
+        return run_commands(commands, spec, ctx)
+
+
+class PatchPhaseRunner:
+    """Applies the phase's unified diff with `git apply --3way`, inside its scope."""
+
+    def commands(self, spec: Mapping[str, Any], worktree: Path) -> list[str]:
+        return ["git apply --3way <patch>"]
+
+    def run(self, spec: Mapping[str, Any], ctx: AttemptContext) -> PhaseResult:
+        commands = self.commands(spec, ctx.worktree)
         with ctx.log_path.open("ab") as log:
             try:
-                cwd = resolve_cwd(ctx.worktree, spec.get("cwd"))
-            except ValueError as error:
+                paths = apply_patch(ctx.worktree, spec["patch"], list(spec.get("scope") or []))
+            except PatchRejected as error:
                 log.write(f"[autopack] {error}\n".encode())
-                return PhaseResult(CommandResult(None, None, False, None), str(error), commands)
-            env = build_env(ctx.settings, spec.get("env") or {}, ctx.env)
-            deadline = time.monotonic() + ctx.timeout_s
-            result = CommandResult(0, None, False, None)
-            for command in commands:
-                remaining = max(deadline - time.monotonic(), 0.001)
-                result = run_command(
-                    command,
-                    cwd=cwd,
-                    env=env,
-                    log=log,
-                    timeout_s=remaining,
-                    should_stop=ctx.should_stop,
-                    grace_s=ctx.settings.kill_grace_s,
-                    on_spawn=ctx.on_spawn,
-                )
-                if not result.ok:
-                    return PhaseResult(
-                        result, describe_failure(command, result, ctx.timeout_s), commands
-                    )
-        return PhaseResult(result, None, commands)
+                return PhaseResult(CommandResult(1, None, False, None), str(error), commands)
+            log.write(f"[autopack] patch applied to {', '.join(paths)}\n".encode())
+        return PhaseResult(CommandResult(0, None, False, None), None, commands)
 
 
 def describe_failure(command: str, result: CommandResult, timeout_s: float) -> str:
@@ -117,7 +168,11 @@ def describe_failure(command: str, result: CommandResult, timeout_s: float) -> s
     return f"exit code {result.exit_code}: {short}"
 
 
-RUNNERS: dict[str, PhaseRunner] = {"shell": ShellPhaseRunner()}
+RUNNERS: dict[str, PhaseRunner] = {
+    "shell": ShellPhaseRunner(),
+    "validate": ValidatePhaseRunner(),
+    "patch": PatchPhaseRunner(),
+}
 
 
 def runner_for(kind: str) -> PhaseRunner:

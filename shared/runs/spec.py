@@ -71,15 +71,38 @@ class Budgets(StrictModel):
     max_duration_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
 
-class ShellPhase(StrictModel):
-    """A phase that runs shell commands, in order, in the worktree."""
+class Hardening(StrictModel):
+    """How failure hardening may act for this run."""
+
+    enabled: bool = True
+    disable: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,100}$")]] = Field(
+        default_factory=list, max_length=100
+    )
+    allow_undeclared_installs: bool = False
+
+
+class DoctorOptions(StrictModel):
+    """Whether and how much the Doctor (LLM fallback) may be asked for this run."""
+
+    enabled: bool = True
+    max_calls_per_phase: int | None = Field(default=None, ge=0, le=20)
+    max_calls_per_run: int | None = Field(default=None, ge=0, le=100)
+
+
+ValidateStep = Literal["install", "build", "test", "smoke"]
+
+
+class PhaseSpec(StrictModel):
+    """One step of a run: shell commands, a patch to apply, or validation inferred from the toolchain."""
 
     id: Annotated[str, StringConstraints(pattern=PHASE_ID_PATTERN)]
     name: Annotated[str, StringConstraints(max_length=200)] | None = None
-    kind: Literal["shell"] = "shell"
-    run: list[Annotated[str, StringConstraints(min_length=1, max_length=20_000)]] = Field(
-        min_length=1, max_length=100
+    kind: Literal["shell", "validate", "patch"] = "shell"
+    run: list[Annotated[str, StringConstraints(min_length=1, max_length=20_000)]] | None = Field(
+        default=None, min_length=1, max_length=100
     )
+    patch: Annotated[str, StringConstraints(min_length=1, max_length=1_000_000)] | None = None
+    steps: list[ValidateStep] | None = Field(default=None, min_length=1, max_length=4)
     cwd: str | None = None
     scope: list[str] = Field(default_factory=list, max_length=200)
     max_attempts: int = Field(default=1, ge=1, le=20)
@@ -104,8 +127,23 @@ class ShellPhase(StrictModel):
     def _scope_inside(cls, value: list[str]) -> list[str]:
         return [check_relative_path(glob, "scope glob") for glob in value]
 
-
-PhaseSpec = ShellPhase
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> PhaseSpec:
+        needs = {"shell": "run", "patch": "patch"}.get(self.kind)
+        if needs and getattr(self, needs) is None:
+            raise ValueError(f"a {self.kind} phase needs `{needs}`")
+        extra = [
+            f
+            for f in ("run", "patch", "steps")
+            if getattr(self, f) is not None
+            and f != needs
+            and not (self.kind == "validate" and f == "steps")
+        ]
+        if extra:
+            raise ValueError(f"a {self.kind} phase does not take `{'`, `'.join(extra)}`")
+        if self.kind == "validate" and self.steps is None:
+            self.steps = ["install", "test"]
+        return self
 
 
 class RunCreate(StrictModel):
@@ -122,6 +160,8 @@ class RunCreate(StrictModel):
     ] = Field(default_factory=dict, max_length=50)
     concurrency: Concurrency | None = None
     budgets: Budgets = Field(default_factory=Budgets)
+    hardening: Hardening = Field(default_factory=Hardening)
+    doctor: DoctorOptions = Field(default_factory=DoctorOptions)
     start: bool = True
     phases: list[PhaseSpec] = Field(min_length=1, max_length=100)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from shared.migrations import head_revision
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN
 from tests.services import Service, service_env
@@ -122,7 +123,8 @@ def test_services_refuse_unmigrated_database(embedded_env: dict[str, str]) -> No
             assert_one_line_error(autopack(command, env=env, timeout=60), "autopack db upgrade")
         upgraded = autopack("db", "upgrade", env=env)
         assert upgraded.returncode == 0 and "database at revision" in upgraded.stdout
-        assert "current: 0001" in autopack("db", "current", env=env).stdout
+        head = head_revision(Settings())
+        assert f"current: {head}  head: {head}" in autopack("db", "current", env=env).stdout
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

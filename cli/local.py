@@ -15,7 +15,6 @@ from shared.db import transaction
 from shared.errors import AutopackError, Conflict, InvalidInput
 from shared.repos import check_source
 from shared.runs import repository, service
-from shared.runs.schemas import RunRead
 from shared.runs.states import RunStatus
 from workers.executor import RunExecutor, worker_identity
 
@@ -60,6 +59,6 @@ def run_command(
     except AutopackError as error:
         fail(f"run {run_id} stopped: {error}", EXIT_FAILED)
     with sessions() as session:
-        run = RunRead.model_validate(repository.get_run_detail(session, run_id))
+        run = service.run_read(repository.get_run_detail(session, run_id))
     console.print(summary(run.model_dump(mode="json")))
     raise typer.Exit(EXIT_OK if run.status == RunStatus.SUCCEEDED else EXIT_FAILED)

@@ -121,6 +121,8 @@ class Phase(Base):
     finished_at: Mapped[datetime | None]
     checkpoint_commit: Mapped[str | None] = mapped_column(String(64))
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    drift_score: Mapped[float | None]  # similarity of what the phase changed to the goal (0..1)
+    drift_flagged: Mapped[bool | None] = mapped_column(Boolean)  # below the run's threshold
 
     run: Mapped[Run] = relationship(back_populates="phases")
     attempts: Mapped[list[Attempt]] = relationship(

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repos
 from shared.db import transaction
 from shared.errors import LeaseLost
+from shared.intention import check_drift, describe_phase_change
 from shared.logs import log_context
 from shared.models import Phase, Run, utcnow
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
@@ -127,6 +128,8 @@ class RunExecutor:
                 status, reason = RunStatus.TIMED_OUT, deadline_reason
                 break
             phase_reason = self._run_phase(ledger, heartbeat, run, phase, worktree)
+            if phase_reason is None:
+                phase_reason = self._check_drift(ledger, run, phase, worktree)
             if phase_reason is None:
                 checkpoint = self.workspaces.commit_checkpoint(
                     worktree, f"autopack: phase {phase.phase_id} of run {run.id}"
@@ -282,6 +285,40 @@ class RunExecutor:
             outside_scope=violations,
             duration_s=time.monotonic() - started,
         )
+
+    def _check_drift(self, ledger: Ledger, run: Run, phase: Phase, worktree: Path) -> str | None:
+        """Score what a succeeded phase changed against the goal; blocking mode fails it below the threshold."""
+        options = run.spec.get("drift") or {}
+        mode = options.get("mode", "advisory")
+        changes = changed_paths(worktree)
+        if mode == "off" or not changes:
+            return None
+        outcomes = list((run.spec.get("intention") or {}).get("outcomes") or [])
+        change_text = describe_phase_change(
+            description=phase.name or phase.phase_id,
+            commands=list(phase.spec.get("run") or []),
+            changed_paths=[c.path for c in changes],
+            diff_summary=self.workspaces.diff_summary(worktree),
+        )
+        check = check_drift(
+            run.goal,
+            outcomes,
+            change_text,
+            threshold=float(options.get("threshold", 0.1)),
+            mode=mode,
+        )
+        ledger.record_drift(phase.pk, check.score, check.drifted)
+        if check.drifted:
+            logger.warning(
+                "goal drift: phase %s scored %.3f against the goal (threshold %.2f, %s)",
+                phase.phase_id,
+                check.score,
+                check.threshold,
+                mode,
+            )
+        if check.should_fail:
+            return f"goal drift: what the phase changed scores {check.score:.3f} against the goal, below the threshold {check.threshold:.2f}"
+        return None
 
     def _pause(self, seconds: float, heartbeat: Heartbeat) -> None:
         """Back off before a retry, waking early if the run must stop."""

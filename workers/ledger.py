@@ -140,6 +140,15 @@ class Ledger:
                 )
             )
 
+    def record_drift(self, phase_pk: int, score: float, flagged: bool) -> None:
+        """Store a phase's goal-drift score."""
+        with self.fenced() as session:
+            session.execute(
+                update(Phase)
+                .where(Phase.pk == phase_pk)
+                .values(drift_score=round(score, 4), drift_flagged=flagged)
+            )
+
     def phase_succeeded(self, phase_pk: int, checkpoint: str) -> None:
         """Mark a phase done and move the run's checkpoint to its commit."""
         now = utcnow()

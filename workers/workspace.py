@@ -138,6 +138,18 @@ class Workspaces:
         """The commit the worktree is at."""
         return git(["rev-parse", "HEAD"], cwd=worktree).strip()
 
+    def diff_summary(self, worktree: Path, max_chars: int = 8000) -> str:
+        """What the worktree changed since its last commit: stat plus the added/removed lines, bounded."""
+        git(["add", "-A", "--intent-to-add", "."], cwd=worktree, check=False)
+        stat = git(["diff", "--stat", "HEAD"], cwd=worktree, check=False)
+        body = git(["diff", "--unified=0", "HEAD"], cwd=worktree, check=False)
+        lines = [
+            line
+            for line in body.splitlines()
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        return (stat + "\n" + "\n".join(lines))[:max_chars]
+
     def diffstat(self, worktree: Path, base: str, head: str) -> str:
         """`git diff --stat` of the run's result against its base."""
         return git(["diff", "--stat", base, head], cwd=worktree).strip()

@@ -13,7 +13,8 @@ from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep
 from shared.db import transaction
 from shared.errors import InvalidInput, NotFound
 from shared.models import Run, utcnow
-from shared.runs import repository, service
+from shared.runs import events, repository, service
+from shared.runs.events import RunEvent
 from shared.runs.schemas import RunPage, RunRead, RunStatusRead, RunSummary
 from shared.runs.spec import RunCreate
 
@@ -55,7 +56,7 @@ def submit_run(
     if not submitted.created:
         response.status_code = 200
     with sessions() as session:
-        return RunRead.model_validate(repository.get_run_detail(session, run_id))
+        return service.run_read(repository.get_run_detail(session, run_id))
 
 
 @router.get("", response_model=RunPage)
@@ -86,7 +87,7 @@ def list_runs(
 def get_run(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunRead:
     """A run with its phases and attempts."""
     with sessions() as session:
-        return RunRead.model_validate(repository.get_run_detail(session, run_id))
+        return service.run_read(repository.get_run_detail(session, run_id))
 
 
 @router.get("/{run_id}/status", response_model=RunStatusRead)
@@ -94,6 +95,13 @@ def get_run_status(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> Ru
     """Compact status for pollers."""
     with sessions() as session:
         return service.status_of(repository.get_run_detail(session, run_id))
+
+
+@router.get("/{run_id}/events", response_model=list[RunEvent])
+def get_run_events(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> list[RunEvent]:
+    """The run's timeline in order: status changes, attempts, mitigations, Doctor calls."""
+    with sessions() as session:
+        return events.timeline(session, repository.get_run_detail(session, run_id))
 
 
 @router.get("/{run_id}/phases/{phase_id}/attempts/{number}/log", response_class=PlainTextResponse)
@@ -120,4 +128,4 @@ def execute_run(
         service.start(session, run_id)
     _enqueue(sessions, dispatcher, run_id)
     with sessions() as session:
-        return RunRead.model_validate(repository.get_run_detail(session, run_id))
+        return service.run_read(repository.get_run_detail(session, run_id))

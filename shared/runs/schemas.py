@@ -46,6 +46,8 @@ class PhaseRead(ReadModel):
     finished_at: datetime | None
     checkpoint_commit: str | None
     failure_reason: str | None
+    drift_score: float | None = None
+    drift_flagged: bool | None = None
     spec: dict[str, Any]
     attempts: list[AttemptRead] = []
 
@@ -74,6 +76,7 @@ class RunRead(RunSummary):
     checkpoint_commit: str | None
     result_diffstat: str | None
     lease_owner: str | None
+    intention_context_chars: int | None = None
     phases: list[PhaseRead]
 
 

@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session
 
 from shared import repos
 from shared.errors import Conflict, InvalidInput, NotFound
+from shared.intention import IntentionAnchor, render_intention_context
 from shared.models import Phase, Run, utcnow
 from shared.runs import repository
-from shared.runs.schemas import RunStatusRead
+from shared.runs.schemas import RunRead, RunStatusRead
 from shared.runs.spec import RunCreate
 from shared.runs.states import RUN_TERMINAL, PhaseStatus, RunStatus
 from shared.settings import Settings
@@ -115,6 +116,14 @@ def start(session: Session, run_id: str) -> Run:
         raise Conflict(f"run {run_id!r} is {run.status}, only a created run can be started")
     session.refresh(run)
     return run
+
+
+def run_read(run: Run) -> RunRead:
+    """The API view of a run (phases and attempts loaded), with the size of its intention context."""
+    read = RunRead.model_validate(run)
+    anchor = IntentionAnchor.from_mapping(run.spec.get("intention"))
+    read.intention_context_chars = render_intention_context(run.goal, anchor).chars
+    return read
 
 
 def status_of(run: Run) -> RunStatusRead:

@@ -81,6 +81,13 @@ class Hardening(StrictModel):
     allow_undeclared_installs: bool = False
 
 
+class DriftOptions(StrictModel):
+    """Goal-drift checking after each phase that changed files."""
+
+    mode: Literal["off", "advisory", "blocking"] = "advisory"
+    threshold: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
 class DoctorOptions(StrictModel):
     """Whether and how much the Doctor (LLM fallback) may be asked for this run."""
 
@@ -162,6 +169,7 @@ class RunCreate(StrictModel):
     budgets: Budgets = Field(default_factory=Budgets)
     hardening: Hardening = Field(default_factory=Hardening)
     doctor: DoctorOptions = Field(default_factory=DoctorOptions)
+    drift: DriftOptions = Field(default_factory=DriftOptions)
     start: bool = True
     phases: list[PhaseSpec] = Field(min_length=1, max_length=100)
 

@@ -67,6 +67,7 @@ def test_bundled_example_mitigates_dependency_and_doctor_fixes_release(
             == "succeeded"
         )
         run = client.get(f"/runs/{run_id}").json()
+        timeline = client.get(f"/runs/{run_id}/events").json()
 
     phases = {p["phase_id"]: p for p in run["phases"]}
     check = [
@@ -101,3 +102,20 @@ def test_bundled_example_mitigates_dependency_and_doctor_fixes_release(
         ("release", False),
     ]
     assert len(llm.requests) == 1
+
+    kinds = [(e["kind"], e["phase_id"], e["attempt"]) for e in timeline]
+    assert kinds[0][0] == "run.created" and kinds[-1][0] == "run.finished"
+    assert [e["at"] for e in timeline] == sorted(e["at"] for e in timeline)
+    mitigation = kinds.index(("mitigation", "check", 1))
+    assert (
+        kinds.index(("attempt.started", "check", 1))
+        < mitigation
+        < kinds.index(("attempt.started", "check", 2))
+    )
+    assert timeline[mitigation]["detail"]["pattern"] == "python_missing_dep"
+    doctor = kinds.index(("doctor.call", "release", 1))
+    assert (
+        timeline[doctor]["detail"]["action"] == "retry_with_command"
+        and timeline[doctor]["detail"]["total_tokens"] == 678
+    )
+    assert run["intention_context_chars"] > 0

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logs import log_context
+
+access_logger = logging.getLogger("autopack.access")
 
 
 class BodyTooLarge(Exception):
@@ -77,10 +81,21 @@ class RequestIdMiddleware:
         incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
 
+        status = 500
+        started = time.perf_counter()
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = int(message["status"])
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         with log_context(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                access_logger.info(
+                    "%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed_ms
+                )

@@ -16,15 +16,18 @@ from shared import repos
 from shared.db import transaction
 from shared.models import ErrorLog, LlmUsageEvent, Phase6Metric
 from shared.settings import Settings
+from tests.conftest import wait_until
 from tests.fakes.llm_server import FakeLLMServer
-from tests.services import start_api, start_worker, wait_for_status
+from tests.services import Service, start_api, start_worker, wait_for_status
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hardening"
 
 
 @pytest.fixture
-def doctor_stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, FakeLLMServer]]:
+def doctor_stack(
+    settings: Settings, tmp_path: Path
+) -> Iterator[tuple[str, FakeLLMServer, Service]]:
     """An API and a worker on their own queue, the worker's Doctor pointed at a local fake provider."""
     queue = f"hardening-{uuid.uuid4().hex[:8]}"
     own = settings.model_copy(update={"queue": queue})
@@ -38,7 +41,7 @@ def doctor_stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Fake
         worker = start_worker(own, tmp_path / "worker.log", concurrency=1, queue=queue, env=llm_env)
         api, url = start_api(own, tmp_path / "api.log")
         try:
-            yield url, llm
+            yield url, llm, api
         finally:
             api.stop()
             worker.stop()
@@ -46,9 +49,9 @@ def doctor_stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Fake
 
 
 def test_bundled_example_mitigates_dependency_and_doctor_fixes_release(
-    doctor_stack: tuple[str, FakeLLMServer], api_key: str, sessions: sessionmaker[Session]
+    doctor_stack: tuple[str, FakeLLMServer, Service], api_key: str, sessions: sessionmaker[Session]
 ) -> None:
-    url, llm = doctor_stack
+    url, llm, api = doctor_stack
     name = f"hardening-{uuid.uuid4().hex[:6]}"
     with transaction(sessions) as session:
         repos.add(session, name, str(EXAMPLE / "project"))
@@ -68,6 +71,13 @@ def test_bundled_example_mitigates_dependency_and_doctor_fixes_release(
         )
         run = client.get(f"/runs/{run_id}").json()
         timeline = client.get(f"/runs/{run_id}/events").json()
+        traced = client.get(f"/runs/{run_id}/status", headers={"X-Request-ID": "trace-me-42"})
+    assert traced.headers["x-request-id"] == "trace-me-42"
+    wait_until(
+        lambda: '"request_id": "trace-me-42"' in api.output(),
+        timeout=10,
+        what="the API's access line with the request id",
+    )
 
     phases = {p["phase_id"]: p for p in run["phases"]}
     check = [

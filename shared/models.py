@@ -339,3 +339,59 @@ class WorkerRecord(Base):
     last_received_at: Mapped[datetime | None]
     stalled_since: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
+
+
+class Experiment(Base):
+    """An A/B experiment: matched runs that differ only in named settings, with reproducibility metadata."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    control_flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    treatment_flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the base run spec both arms start from
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    remote_url: Mapped[str | None] = mapped_column(Text)
+    branch: Mapped[str | None] = mapped_column(String(255))
+    operator: Mapped[str | None] = mapped_column(String(200))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    pairs: Mapped[list[ExperimentPair]] = relationship(
+        back_populates="experiment",
+        order_by="ExperimentPair.pair_index",
+        cascade="all, delete-orphan",
+    )
+
+
+class ExperimentPair(Base):
+    """One matched control/treatment pair of an experiment, and its measured delta once valid."""
+
+    __tablename__ = "experiment_pairs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    pair_index: Mapped[int] = mapped_column(Integer)
+    control_run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
+    treatment_run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
+    valid: Mapped[bool | None] = mapped_column(Boolean)  # set by the last report
+    tokens_saved: Mapped[int | None] = mapped_column(
+        Integer
+    )  # control - treatment tokens, when valid
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    errors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="pairs")
+
+    __table_args__ = (
+        UniqueConstraint(
+            "experiment_id", "pair_index", name="uq_experiment_pairs_experiment_id_pair_index"
+        ),
+    )

@@ -261,7 +261,9 @@ class Recovery:
                 estimate = estimate_doctor_tokens_avoided(
                     session,
                     run.id,
-                    self.doctor.tier_for(recording.doctor_calls(session, run.id, phase.phase_id)),
+                    self.doctor.tier_for(
+                        recording.doctor_calls(session, run.id, phase.phase_id), doctor_options
+                    ),
                 )
                 metric.update(
                     doctor_tokens_avoided_estimate=estimate.tokens,
@@ -351,7 +353,7 @@ class Recovery:
         )
         with self.ledger.sessions() as session:
             calls_on_phase = recording.doctor_calls(session, run.id, phase.phase_id)
-        consultation = self.doctor.consult(context, calls_on_phase)
+        consultation = self.doctor.consult(context, calls_on_phase, options)
         self._record_consultation(run, phase, attempt, consultation, context, base_metric)
         action = consultation.action
         if action is None:

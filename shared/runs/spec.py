@@ -94,6 +94,9 @@ class DoctorOptions(StrictModel):
     enabled: bool = True
     max_calls_per_phase: int | None = Field(default=None, ge=0, le=20)
     max_calls_per_run: int | None = Field(default=None, ge=0, le=100)
+    # The run's model mapping (defaults: AUTOPACK_DOCTOR_MODEL_CHEAP / _STRONG); A/B arms vary these.
+    model_cheap: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    model_strong: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
 ValidateStep = Literal["install", "build", "test", "smoke"]

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import inspect
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
 
 from shared.db import make_engine
 from shared.errors import NotMigrated
 from shared.migrations import current_revision, downgrade, ensure_migrated, head_revision, upgrade
+from shared.models import Base
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN
 
@@ -47,3 +50,22 @@ def test_upgrade_from_empty_then_downgrade_last_revision(empty_settings: Setting
     upgrade(empty_settings)
     assert current_revision(engine) == head_revision(empty_settings)
     engine.dispose()
+
+
+def test_metrics_migrations_are_idempotent_over_existing_tables(empty_settings: Settings) -> None:
+    upgrade(empty_settings)
+    engine = make_engine(empty_settings)
+    with engine.begin() as connection:  # the tables exist, but the version says they do not
+        connection.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    upgrade(empty_settings)
+    assert current_revision(engine) == head_revision(empty_settings)
+    engine.dispose()
+
+
+def test_migrations_match_the_models(empty_settings: Settings) -> None:
+    upgrade(empty_settings)
+    engine = make_engine(empty_settings)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert differences == []

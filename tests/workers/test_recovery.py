@@ -392,3 +392,20 @@ def test_entry_point_patterns_are_loaded(tmp_path: Path, monkeypatch: pytest.Mon
         ).returncode
         == 0
     )
+
+
+def test_run_model_mapping_overrides_settings(
+    sessions: sessionmaker[Session],
+    doctor_settings: Settings,
+    submit_to: Callable[..., Submit],
+    fake_llm: FakeLLMServer,
+) -> None:
+    fake_llm.enqueue('{"action": "give_up", "reason": "enough"}')
+    run_id = submit_to({"a": "1"})(
+        doctor_settings,
+        [{"id": "x", "run": "exit 1", "max_attempts": 2}],
+        doctor={"model_cheap": "arm-b-model"},
+    )
+    RunExecutor(doctor_settings, sessions, "w").execute(run_id)
+    [usage] = rows(sessions, LlmUsageEvent, run_id)
+    assert usage.model == "arm-b-model" and fake_llm.requests[0]["body"]["model"] == "arm-b-model"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from shared.intention import IntentionAnchor, render_intention_context
 from shared.settings import Settings
-from workers.doctor.providers import ChatMessage, Completion, LLMProvider, provider_from_settings
+from workers.doctor.providers import ChatMessage, Completion, provider_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -165,22 +165,29 @@ class Doctor:
         """Whether a provider is configured at all."""
         return self.settings.llm_provider is not None
 
-    def tier_for(self, calls_on_phase: int) -> Literal["cheap", "strong"]:
-        """The cheap model first; the strong one (when configured) for later calls on the same phase."""
-        return "strong" if calls_on_phase >= 1 and self.settings.doctor_model_strong else "cheap"
-
-    def _provider(self, tier: str) -> LLMProvider | None:
-        model = (
-            self.settings.doctor_model_strong
-            if tier == "strong"
-            else self.settings.doctor_model_cheap
+    def models(self, overrides: dict[str, Any] | None = None) -> tuple[str, str | None]:
+        """The (cheap, strong) model mapping: the run's overrides, else the settings."""
+        overrides = overrides or {}
+        return (
+            overrides.get("model_cheap") or self.settings.doctor_model_cheap,
+            overrides.get("model_strong") or self.settings.doctor_model_strong,
         )
-        return provider_from_settings(self.settings, model or self.settings.doctor_model_cheap)
 
-    def consult(self, context: DoctorContext, calls_on_phase: int) -> Consultation:
+    def tier_for(
+        self, calls_on_phase: int, overrides: dict[str, Any] | None = None
+    ) -> Literal["cheap", "strong"]:
+        """The cheap model first; the strong one (when configured) for later calls on the same phase."""
+        return "strong" if calls_on_phase >= 1 and self.models(overrides)[1] else "cheap"
+
+    def consult(
+        self, context: DoctorContext, calls_on_phase: int, overrides: dict[str, Any] | None = None
+    ) -> Consultation:
         """Ask once; provider errors and unusable answers come back as `error`, never raised."""
-        tier = self.tier_for(calls_on_phase)
-        provider = self._provider(tier)
+        tier = self.tier_for(calls_on_phase, overrides)
+        cheap, strong = self.models(overrides)
+        provider = provider_from_settings(
+            self.settings, strong if tier == "strong" and strong else cheap
+        )
         if provider is None:
             return Consultation(tier, "none", "", None, None, "no LLM provider configured")
         try:

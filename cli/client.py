@@ -169,3 +169,17 @@ def workers_command(
             row["last_seen_at"][:19],
         )
     console.print(table)
+
+
+def cancel_command(
+    run_id: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the run has stopped.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 120,
+) -> None:
+    """Cancel a run (a running phase gets SIGINT, SIGTERM, then SIGKILL); exit 2 if it already ended."""
+    with make_client(load_settings()) as client:
+        run = request(client, "POST", f"/runs/{run_id}/cancel").json()
+        console.print(f"run [bold]{run_id}[/] is {run['status']}")
+        if wait and run["status"] not in TERMINAL_RUN_STATUSES:
+            run = wait_for(client, run_id, timeout)
+            console.print(f"run [bold]{run_id}[/] is {run['status']}")

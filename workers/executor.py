@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repos
@@ -122,6 +123,11 @@ class RunExecutor:
         for phase in phases:
             if phase.status in (PhaseStatus.SUCCEEDED, PhaseStatus.SKIPPED):
                 continue
+            if heartbeat.cancel_requested.is_set() or self._cancel_requested(run.id):
+                ledger.phase_cancelled(phase.pk)
+                self.observer.phase_finished(phase.phase_id, PhaseStatus.CANCELLED)
+                status, reason = RunStatus.CANCELLED, "cancelled by request"
+                break
             deadline_reason = self._deadline_exceeded(run)
             if deadline_reason:
                 ledger.phase_failed(phase.pk, deadline_reason)
@@ -139,6 +145,11 @@ class RunExecutor:
                 continue
             if heartbeat.lost.is_set():
                 raise LeaseLost("lease lost during the phase")
+            if heartbeat.cancel_requested.is_set():
+                ledger.phase_cancelled(phase.pk)
+                self.observer.phase_finished(phase.phase_id, PhaseStatus.CANCELLED)
+                status, reason = RunStatus.CANCELLED, "cancelled by request"
+                break
             ledger.phase_failed(phase.pk, phase_reason)
             self.observer.phase_finished(phase.phase_id, PhaseStatus.FAILED)
             status, reason = RunStatus.FAILED, f"phase {phase.phase_id}: {phase_reason}"
@@ -150,7 +161,10 @@ class RunExecutor:
         diffstat = self.workspaces.diffstat(worktree, base, head)
         ledger.finish_run(status, reason=reason, result_commit=head, diffstat=diffstat)
         logger.info("run finished: %s", status)
-        if status == RunStatus.SUCCEEDED or not self.settings.keep_failed_worktrees:
+        if (
+            status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED)
+            or not self.settings.keep_failed_worktrees
+        ):
             self.workspaces.remove(run.repo, run.id)
         return status
 
@@ -285,6 +299,11 @@ class RunExecutor:
             outside_scope=violations,
             duration_s=time.monotonic() - started,
         )
+
+    def _cancel_requested(self, run_id: str) -> bool:
+        """Read the cancel flag now (the heartbeat only looks every interval)."""
+        with self.sessions() as session:
+            return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
 
     def _check_drift(self, ledger: Ledger, run: Run, phase: Phase, worktree: Path) -> str | None:
         """Score what a succeeded phase changed against the goal; blocking mode fails it below the threshold."""

@@ -162,6 +162,28 @@ class Ledger:
                 update(Run).where(Run.id == self.lease.run_id).values(checkpoint_commit=checkpoint)
             )
 
+    def phase_cancelled(self, phase_pk: int) -> None:
+        """Mark a phase and every phase after it cancelled."""
+        now = utcnow()
+        with self.fenced() as session:
+            session.execute(
+                update(Phase)
+                .where(Phase.pk == phase_pk)
+                .values(
+                    status=PhaseStatus.CANCELLED,
+                    finished_at=now,
+                    failure_reason="cancelled by request",
+                )
+            )
+            session.execute(
+                update(Phase)
+                .where(
+                    Phase.run_id == self.lease.run_id,
+                    Phase.status.in_([PhaseStatus.PENDING, PhaseStatus.RUNNING]),
+                )
+                .values(status=PhaseStatus.CANCELLED, finished_at=now)
+            )
+
     def phase_failed(self, phase_pk: int, reason: str) -> None:
         """Mark a phase failed and every phase still pending skipped."""
         now = utcnow()
@@ -190,23 +212,38 @@ class Ledger:
     ) -> None:
         """Write the run's final status and release the lease (the token stays, for fencing)."""
         now = utcnow()
+        values = {
+            "failure_reason": reason,
+            "result_commit": result_commit,
+            "result_diffstat": diffstat,
+            "finished_at": now,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
         with self.fenced() as session:
-            session.execute(
+            written = session.execute(
                 update(Run)
-                .where(
-                    Run.id == self.lease.run_id,
-                    Run.status.in_([RunStatus.RUNNING, RunStatus.CANCELLING]),
+                .where(Run.id == self.lease.run_id, Run.status == RunStatus.RUNNING)
+                .values(status=status, **values)
+            ).rowcount  # type: ignore[attr-defined]
+            if not written:
+                # A cancel request arrived while the run was finishing: it ends cancelled, as asked.
+                session.execute(
+                    update(Run)
+                    .where(Run.id == self.lease.run_id, Run.status == RunStatus.CANCELLING)
+                    .values(
+                        status=RunStatus.CANCELLED,
+                        **{**values, "failure_reason": reason or "cancelled by request"},
+                    )
                 )
-                .values(
-                    status=status,
-                    failure_reason=reason,
-                    result_commit=result_commit,
-                    result_diffstat=diffstat,
-                    finished_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
+                session.execute(
+                    update(Phase)
+                    .where(
+                        Phase.run_id == self.lease.run_id,
+                        Phase.status.in_([PhaseStatus.PENDING, PhaseStatus.RUNNING]),
+                    )
+                    .values(status=PhaseStatus.CANCELLED, finished_at=now)
                 )
-            )
 
     def load_run(self) -> tuple[Run, list[Phase]]:
         """A detached snapshot of the run and its phases, with attempts loaded."""

@@ -6,8 +6,10 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -51,17 +53,28 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def terminate_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM the group, wait up to grace_s, then SIGKILL whatever is left of it."""
+def terminate_group(
+    process: subprocess.Popen[bytes], grace_s: float, *, interrupt_first: bool = False
+) -> list[str]:
+    """(SIGINT,) SIGTERM, then SIGKILL the whole group, waiting grace_s between; returns the signals sent."""
     pgid = process.pid
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+    sent = []
+    for sig in ([signal.SIGINT] if interrupt_first else []) + [signal.SIGTERM]:
+        if not _signal_group(pgid, sig):
+            break
+        sent.append(signal.Signals(sig).name)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not _group_alive(pgid):
+                break
+            time.sleep(POLL_INTERVAL_S)
         if process.poll() is not None and not _group_alive(pgid):
             break
-        time.sleep(POLL_INTERVAL_S)
-    _signal_group(pgid, signal.SIGKILL)
+    else:
+        if _signal_group(pgid, signal.SIGKILL):
+            sent.append("SIGKILL")
     process.wait()
+    return sent
 
 
 def run_command(
@@ -78,15 +91,16 @@ def run_command(
     """Run command with bash in a new session; output goes straight to the log file."""
     log.write(f"$ {command}\n".encode())
     log.flush()
-    process = subprocess.Popen(
-        ["/bin/bash", "-c", command],
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with _inheritable_default_signals():
+        process = subprocess.Popen(
+            ["/bin/bash", "-c", command],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         if on_spawn is not None:
             on_spawn(process.pid)
@@ -95,6 +109,29 @@ def run_command(
         # Interrupted (Ctrl-C, lease lost while recording): never leave the group running.
         terminate_group(process, grace_s)
         raise
+
+
+@contextmanager
+def _inheritable_default_signals() -> Iterator[None]:
+    """Un-ignore SIGINT/SIGQUIT while spawning, so a phase can trap them.
+
+    Celery's pool processes ignore SIGINT, an ignored signal stays ignored across exec, and a
+    non-interactive shell cannot trap a signal that was ignored when it started. Only the main
+    thread may change dispositions — where Celery and `autopack run` execute phases.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ignored = [
+        sig for sig in (signal.SIGINT, signal.SIGQUIT) if signal.getsignal(sig) == signal.SIG_IGN
+    ]
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def kill_group(pgid: int) -> bool:
@@ -126,7 +163,13 @@ def _supervise(
         if timed_out or stopped:
             reason = "timeout" if timed_out else stopped
             logger.info("stopping process group %s (%s)", process.pid, reason)
-            terminate_group(process, grace_s)
+            # A cancelled command gets SIGINT first, like Ctrl-C, so it can clean up.
+            signals_sent = terminate_group(
+                process, grace_s, interrupt_first=stopped == "cancel requested"
+            )
+            log.write(
+                f"\n[autopack] sent {', '.join(signals_sent) or 'nothing (already gone)'} to the process group\n".encode()
+            )
             break
     # Background children that outlived the command would leak into the next one.
     _signal_group(process.pid, signal.SIGKILL)

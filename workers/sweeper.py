@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
 from shared.dispatch import Dispatcher
-from shared.models import Run, utcnow
-from shared.runs.states import RunStatus
+from shared.models import Phase, Run, utcnow
+from shared.runs.states import PhaseStatus, RunStatus
 from shared.settings import Settings
 from workers.workspace import Workspaces
 
@@ -54,6 +54,41 @@ def sweep_once(
     return sent
 
 
+def finish_abandoned_cancellations(sessions: sessionmaker[Session]) -> list[str]:
+    """Runs asked to cancel whose worker died: nothing runs them any more, so they end cancelled."""
+    now = utcnow()
+    with transaction(sessions) as session:
+        ids = list(
+            session.scalars(
+                update(Run)
+                .where(
+                    Run.status == RunStatus.CANCELLING,
+                    or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+                )
+                .values(
+                    status=RunStatus.CANCELLED,
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    failure_reason="cancelled by request (its worker was gone)",
+                )
+                .returning(Run.id)
+            )
+        )
+        if ids:
+            session.execute(
+                update(Phase)
+                .where(
+                    Phase.run_id.in_(ids),
+                    Phase.status.in_([PhaseStatus.PENDING, PhaseStatus.RUNNING]),
+                )
+                .values(status=PhaseStatus.CANCELLED, finished_at=now)
+            )
+    if ids:
+        logger.info("finished abandoned cancellation of %s", ", ".join(ids))
+    return ids
+
+
 def active_run_ids(sessions: sessionmaker[Session]) -> set[str]:
     """Runs that some live worker may be executing right now."""
     with sessions() as session:
@@ -93,5 +128,6 @@ class Sweeper:
         while not self._stop.wait(self.settings.sweep_interval_s):
             try:
                 sweep_once(self.sessions, self.dispatcher, self.settings)
+                finish_abandoned_cancellations(self.sessions)
             except Exception:
                 logger.warning("sweep failed; will retry", exc_info=True)

@@ -129,3 +129,12 @@ def execute_run(
     _enqueue(sessions, dispatcher, run_id)
     with sessions() as session:
         return service.run_read(repository.get_run_detail(session, run_id))
+
+
+@router.post("/{run_id}/cancel", status_code=202, response_model=RunRead, responses={409: {}})
+def cancel_run(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunRead:
+    """Cancel a run: at once if it has not started, else its worker stops the phase; 409 once it ended."""
+    with transaction(sessions) as session:
+        service.cancel(session, run_id)
+    with sessions() as session:
+        return service.run_read(repository.get_run_detail(session, run_id))

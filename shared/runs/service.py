@@ -118,6 +118,47 @@ def start(session: Session, run_id: str) -> Run:
     return run
 
 
+CANCEL_REASON = "cancelled by request"
+
+
+def cancel(session: Session, run_id: str) -> Run:
+    """Cancel a run: at once when it has not started, through its worker when it runs; 409 when it ended."""
+    run = repository.get_run(session, run_id)
+    now = utcnow()
+    stopped = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_([RunStatus.CREATED, RunStatus.QUEUED]))
+        .values(
+            status=RunStatus.CANCELLED,
+            cancel_requested=True,
+            failure_reason=CANCEL_REASON,
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if stopped:
+        session.execute(
+            update(Phase)
+            .where(Phase.run_id == run_id, Phase.status == PhaseStatus.PENDING)
+            .values(status=PhaseStatus.CANCELLED, finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+            .values(status=RunStatus.CANCELLING, cancel_requested=True, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.refresh(run)
+    if not stopped and run.status != RunStatus.CANCELLING:
+        raise Conflict(
+            f"run {run_id!r} is {run.status}; only a created, queued or running run can be cancelled"
+        )
+    return run
+
+
 def run_read(run: Run) -> RunRead:
     """The API view of a run (phases and attempts loaded), with the size of its intention context."""
     read = RunRead.model_validate(run)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repos
 from shared.db import transaction
-from shared.errors import LeaseLost
+from shared.errors import Conflict, LeaseLost
 from shared.models import Attempt, Phase, Run, utcnow
 from shared.runs import service
 from shared.runs.spec import RunCreate
@@ -21,6 +21,7 @@ from shared.runs.states import PhaseStatus, RunStatus
 from shared.settings import Settings
 from workers import leases
 from workers.ledger import Ledger
+from workers.sweeper import finish_abandoned_cancellations
 
 
 @pytest.fixture
@@ -120,3 +121,42 @@ def test_renew_reports_cancel_request(sessions: sessionmaker[Session], run_id: s
         session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
     with transaction(sessions) as session:
         assert leases.renew(session, lease, 60) is True
+
+
+def test_cancel_transitions_by_state(sessions: sessionmaker[Session], run_id: str) -> None:
+    with transaction(sessions) as session:
+        lease = leases.acquire(session, run_id, "A", 60)
+    assert lease is not None
+    with transaction(sessions) as session:
+        assert service.cancel(session, run_id).status == RunStatus.CANCELLING
+    with transaction(sessions) as session:
+        assert (
+            service.cancel(session, run_id).status == RunStatus.CANCELLING
+        )  # asking twice is fine
+    with transaction(sessions) as session:
+        assert leases.renew(session, lease, 60) is True  # the worker hears about it
+    Ledger(sessions, lease).finish_run(
+        RunStatus.SUCCEEDED
+    )  # a finish racing the cancel ends cancelled
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.status == RunStatus.CANCELLED
+    with pytest.raises(Conflict), transaction(sessions) as session:
+        service.cancel(session, run_id)
+
+
+def test_abandoned_cancellation_is_finished_by_sweeper(
+    sessions: sessionmaker[Session], run_id: str
+) -> None:
+    with transaction(sessions) as session:
+        leases.acquire(session, run_id, "dead-worker", 60)
+    with transaction(sessions) as session:
+        service.cancel(session, run_id)
+    assert finish_abandoned_cancellations(sessions) == []  # its worker may still be stopping it
+    expire(sessions, run_id)
+    assert finish_abandoned_cancellations(sessions) == [run_id]
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        phases = list(session.scalars(select(Phase).where(Phase.run_id == run_id)))
+        assert run is not None and run.status == RunStatus.CANCELLED and run.lease_owner is None
+        assert [p.status for p in phases] == [PhaseStatus.CANCELLED]

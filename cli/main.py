@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import admin, client, local, serve
+from cli import admin, client, local, patterns, serve
 
 app = typer.Typer(
     name="autopack",
@@ -24,6 +24,7 @@ app.command("cancel")(client.cancel_command)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.repos_app, name="repos")
+app.add_typer(patterns.app, name="patterns")
 
 
 def _register_optional() -> None:

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     lease_ttl_s: float = 60.0
     heartbeat_interval_s: float = 10.0
     sweep_interval_s: float = 15.0
+    # A run queued this long while its queue holds fewer messages than queued runs is re-sent.
+    requeue_after_s: float = 60.0
     kill_grace_s: float = 5.0
     # A worker with free slots that receives nothing while its queue holds messages this long is stalled.
     worker_stall_timeout_s: float = 120.0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.broker import queue_depths
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
@@ -51,6 +53,50 @@ def sweep_once(
             sent.append(run_id)
     if sent:
         logger.info("re-enqueued %d run(s): %s", len(sent), ", ".join(sent))
+    return sent
+
+
+def requeue_lost_messages(
+    sessions: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    settings: Settings,
+    depth: Callable[[str], int],
+) -> list[str]:
+    """Re-send queued runs whose message the broker lost (flushed Redis, purged queue).
+
+    PostgreSQL is the record: when more runs have waited longer than requeue_after_s than the queue
+    holds messages, some messages are gone; re-sending all of them is safe because a duplicate
+    delivery finds the lease taken or the run finished and does nothing.
+    """
+    cutoff = utcnow() - timedelta(seconds=settings.requeue_after_s)
+    with sessions() as session:
+        waiting = list(
+            session.scalars(
+                select(Run.id)
+                .where(Run.status == RunStatus.QUEUED, Run.enqueued_at < cutoff)
+                .order_by(Run.created_at)
+                .limit(1000)
+            )
+        )
+    if not waiting or depth(settings.queue) >= len(waiting):
+        return []
+    now = utcnow()
+    sent = []
+    for run_id in waiting:
+        with transaction(sessions) as session:
+            claimed = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED, Run.enqueued_at < cutoff)
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+        if claimed:
+            dispatcher.enqueue_run(run_id)
+            sent.append(run_id)
+    if sent:
+        logger.warning(
+            "the broker had lost %d queued run(s); re-sent: %s", len(sent), ", ".join(sent)
+        )
     return sent
 
 
@@ -116,6 +162,9 @@ class Sweeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="autopack-sweeper", daemon=True)
 
+    def _depth(self, queue: str) -> int:
+        return queue_depths(self.settings.broker_url, [queue])[queue]
+
     def start(self) -> None:
         """Begin sweeping."""
         self._thread.start()
@@ -129,5 +178,6 @@ class Sweeper:
             try:
                 sweep_once(self.sessions, self.dispatcher, self.settings)
                 finish_abandoned_cancellations(self.sessions)
+                requeue_lost_messages(self.sessions, self.dispatcher, self.settings, self._depth)
             except Exception:
                 logger.warning("sweep failed; will retry", exc_info=True)

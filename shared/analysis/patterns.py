@@ -239,7 +239,9 @@ def analyze_uncaught(
         ranked = ranked[:limit]
     # samples are up to 2 KB each, so only the chosen representatives are read
     excerpts = _samples(session, [group.latest_id for _, group in ranked])
-    return [group.freeze(signature, excerpts.get(group.latest_id, "")) for signature, group in ranked]
+    return [
+        group.freeze(signature, excerpts.get(group.latest_id, "")) for signature, group in ranked
+    ]
 
 
 def _samples(session: Session, ids: Iterable[int]) -> dict[int, str]:

@@ -9,6 +9,14 @@ CHECKPOINT_AUTHOR_EMAIL = "autopack@localhost"
 API_KEY_PREFIX = "ap_"
 
 
+CHECKPOINT_REF_PREFIX = "refs/autopack/checkpoints/"
+
+
+def checkpoint_ref(run_id: str) -> str:
+    """The hidden ref a run's latest checkpoint is pushed to on the origin."""
+    return f"{CHECKPOINT_REF_PREFIX}{run_id}"
+
+
 def run_branch(run_id: str) -> str:
     """The branch a run's checkpoints are committed to."""
     return f"{RUN_BRANCH_PREFIX}{run_id}"

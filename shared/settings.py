@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     output_tail_bytes: int = 8192
     max_log_bytes: int = 1_048_576
     keep_failed_worktrees: bool = False
+    # Push each checkpoint to the origin (refs/autopack/checkpoints/<run_id>) so a worker on another
+    # host can resume the run; needs an origin that accepts pushes from workers.
+    checkpoint_push: bool = False
     env_allowlist: list[str] = Field(
         default_factory=lambda: [
             "PATH",

@@ -141,6 +141,11 @@ class RunExecutor:
                     worktree, f"autopack: phase {phase.phase_id} of run {run.id}"
                 )
                 ledger.phase_succeeded(phase.pk, checkpoint)
+                if self.settings.checkpoint_push:
+                    try:
+                        self.workspaces.push_checkpoint(run.repo, run.id, checkpoint)
+                    except Exception as error:  # the run goes on; only cross-host resume needs it
+                        logger.warning("could not push checkpoint %s: %s", checkpoint[:12], error)
                 self.observer.phase_finished(phase.phase_id, PhaseStatus.SUCCEEDED)
                 continue
             if heartbeat.lost.is_set():
@@ -179,6 +184,13 @@ class RunExecutor:
         start = run.checkpoint_commit or base
         if run.checkpoint_commit:
             logger.info("resuming from checkpoint %s", run.checkpoint_commit[:12])
+            if not self.workspaces.has_commit(run.repo, run.checkpoint_commit):
+                self.workspaces.fetch_checkpoint(run.repo, run.id)
+            if not self.workspaces.has_commit(run.repo, run.checkpoint_commit):
+                raise RuntimeError(
+                    f"checkpoint {run.checkpoint_commit[:12]} is not reachable from this host; enable "
+                    "AUTOPACK_CHECKPOINT_PUSH with an origin that accepts pushes, or share AUTOPACK_DATA_DIR between workers"
+                )
         return self.workspaces.checkout(run.repo, run.id, start), base
 
     def _deadline_exceeded(self, run: Run) -> str | None:

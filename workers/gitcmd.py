@@ -28,8 +28,12 @@ def git(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     timeout: float = 600,
+    allow_failure: bool = False,
 ) -> str:
-    """Run git and return stdout; raise GitError with stderr when it fails."""
+    """Run git and return stdout; raise GitError with stderr when it fails.
+
+    With allow_failure, return "ok" or "failed" instead of stdout (for existence checks).
+    """
     command = ["git"]
     if git_dir is not None:
         command.append(f"--git-dir={git_dir}")
@@ -44,6 +48,8 @@ def git(
         timeout=timeout,
         check=False,
     )
+    if allow_failure:
+        return "ok" if completed.returncode == 0 else "failed"
     if check and completed.returncode != 0:
         raise GitError(f"git {' '.join(args[:2])} failed: {completed.stderr.strip()[-2000:]}")
     return completed.stdout

@@ -10,7 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.constants import CHECKPOINT_AUTHOR_EMAIL, CHECKPOINT_AUTHOR_NAME, run_branch
+from shared.constants import (
+    CHECKPOINT_AUTHOR_EMAIL,
+    CHECKPOINT_AUTHOR_NAME,
+    checkpoint_ref,
+    run_branch,
+)
 from shared.settings import Settings
 from workers.gitcmd import GitError, git
 
@@ -133,6 +138,36 @@ class Workspaces:
             env=_identity(),
         )
         return self.head(worktree)
+
+    def push_checkpoint(self, repo: str, run_id: str, commit: str) -> None:
+        """Publish a checkpoint to the origin under a hidden ref, for workers on other hosts."""
+        with self.locked(repo):
+            git(
+                ["push", "--force", "-q", "origin", f"{commit}:{checkpoint_ref(run_id)}"],
+                git_dir=self.mirror_path(repo),
+            )
+
+    def has_commit(self, repo: str, commit: str) -> bool:
+        """Whether this host's mirror holds the commit."""
+        return (
+            git(
+                ["cat-file", "-e", f"{commit}^{{commit}}"],
+                git_dir=self.mirror_path(repo),
+                check=False,
+                allow_failure=True,
+            )
+            == "ok"
+        )
+
+    def fetch_checkpoint(self, repo: str, run_id: str) -> None:
+        """Fetch a run's pushed checkpoint from the origin (best effort)."""
+        ref = checkpoint_ref(run_id)
+        with self.locked(repo):
+            git(
+                ["fetch", "-q", "origin", f"+{ref}:{ref}"],
+                git_dir=self.mirror_path(repo),
+                check=False,
+            )
 
     def head(self, worktree: Path) -> str:
         """The commit the worktree is at."""

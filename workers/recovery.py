@@ -24,11 +24,11 @@ from shared.models import Phase, Run
 from shared.settings import Settings
 from workers.doctor.doctor import Consultation, Doctor, build_context
 from workers.doctor.providers import cost_usd
-from workers.hardening.base import CommandOutcome, FailureContext, HardeningPolicy, RetryOverrides
+from workers.hardening.base import FailureContext, HardeningPolicy, RetryOverrides
 from workers.hardening.registry import PatternRegistry
+from workers.hardening.shell import AttemptShell
 from workers.ledger import Ledger
 from workers.patching import PatchRejected, apply_patch
-from workers.process import run_command
 
 logger = logging.getLogger(__name__)
 
@@ -70,47 +70,6 @@ class Decision:
     give_up_reason: str | None = None
     overrides: RetryOverrides | None = None
     mitigation: str | None = None  # pattern id or doctor:<action>, recorded on the attempt
-
-
-class AttemptShell:
-    """Runs mitigation commands with the phase's environment, appending to the attempt log."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        cwd: Path,
-        env: Mapping[str, str],
-        log_path: Path,
-        should_stop: Callable[[], str | None],
-    ) -> None:
-        self.settings, self.cwd, self.env, self.log_path, self.should_stop = (
-            settings,
-            cwd,
-            env,
-            log_path,
-            should_stop,
-        )
-
-    def run(
-        self, command: str, *, cwd: Path | None = None, timeout_s: float = 600
-    ) -> CommandOutcome:
-        """Run command; its output lands in the attempt log and comes back to the mitigation."""
-        with self.log_path.open("ab") as log:
-            log.write(b"[autopack] mitigation ")
-            start = log.tell()
-            result = run_command(
-                command,
-                cwd=cwd or self.cwd,
-                env=self.env,
-                log=log,
-                timeout_s=timeout_s,
-                should_stop=self.should_stop,
-                grace_s=self.settings.kill_grace_s,
-            )
-        with self.log_path.open("rb") as log:
-            log.seek(start)
-            output = log.read().decode("utf-8", "replace")
-        return CommandOutcome(result.exit_code, output, result.timed_out)
 
 
 class Recovery:
@@ -223,7 +182,11 @@ class Recovery:
             outside_scope=tuple(attempt.outside_scope),
             env=attempt.env,
             shell=AttemptShell(
-                self.settings, attempt.cwd, attempt.env, attempt.log_path, self.should_stop
+                attempt.cwd,
+                attempt.env,
+                attempt.log_path,
+                self.should_stop,
+                self.settings.kill_grace_s,
             ),
             policy=HardeningPolicy(
                 allow_undeclared_installs=bool(hardening.get("allow_undeclared_installs"))

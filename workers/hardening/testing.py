@@ -12,11 +12,11 @@ from shared.failures import classify_failure
 from shared.scope import outside_scope
 from workers.changes import changed_paths
 from workers.hardening.base import (
-    CommandOutcome,
     FailureContext,
     HardeningPolicy,
     MitigationResult,
 )
+from workers.hardening.shell import AttemptShell
 from workers.process import run_command
 
 # Like the executor's recovery tail: detectors see at most this much of the attempt's output.
@@ -36,31 +36,11 @@ def _read_from(log_path: Path, offset: int) -> str:
         return log.read().decode("utf-8", "replace")
 
 
-class SubprocessShell:
-    """Runs mitigation commands with bash in their own process group, appending them to a log."""
+class SubprocessShell(AttemptShell):
+    """The production mitigation shell, never asked to stop, with a short kill grace for tests."""
 
     def __init__(self, env: Mapping[str, str], default_cwd: Path, log_path: Path) -> None:
-        self.env = dict(env)
-        self.default_cwd = default_cwd
-        self.log_path = log_path
-
-    def run(
-        self, command: str, *, cwd: Path | None = None, timeout_s: float = 600
-    ) -> CommandOutcome:
-        """Run command in cwd (default: the phase's directory) and return its output text."""
-        with self.log_path.open("ab") as log:
-            log.write(b"[autopack] mitigation ")
-            start = log.tell()
-            result = run_command(
-                command,
-                cwd=cwd or self.default_cwd,
-                env=self.env,
-                log=log,
-                timeout_s=timeout_s,
-                should_stop=_never_stop,
-                grace_s=GRACE_S,
-            )
-        return CommandOutcome(result.exit_code, _read_from(self.log_path, start), result.timed_out)
+        super().__init__(default_cwd, env, log_path, grace_s=GRACE_S)
 
 
 @dataclass(frozen=True)

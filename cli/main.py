@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import admin, client, local, patterns, serve
+from cli import admin, client, local, parallel, patterns, serve
 
 app = typer.Typer(
     name="autopack",
@@ -21,6 +21,7 @@ app.command("status")(client.status_command)
 app.command("runs")(client.runs_command)
 app.command("workers")(client.workers_command)
 app.command("cancel")(client.cancel_command)
+app.command("parallel")(parallel.parallel_command)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.repos_app, name="repos")

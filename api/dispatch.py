@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.constants import TASK_EXECUTE_RUN
+from shared.db import transaction
+from shared.models import Run, utcnow
 from shared.queueing import celery_config
 from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class CeleryDispatcher:
@@ -25,3 +33,16 @@ class CeleryDispatcher:
         """Raise when the broker cannot be reached."""
         with self.app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout_s)
+
+
+def enqueue_committed(
+    sessions: sessionmaker[Session], dispatcher: CeleryDispatcher, run_id: str
+) -> None:
+    """Send a run whose transaction committed; if the broker is down, a worker's sweeper sends it later."""
+    try:
+        dispatcher.enqueue_run(run_id)
+    except Exception:
+        logger.exception("enqueue of run %s failed; a worker's sweeper will send it", run_id)
+        return
+    with transaction(sessions) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(enqueued_at=utcnow()))

@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import CallerDep, SessionsDep
+from shared.analysis.ab import delta_for_run
 from shared.metrics import queries
 from shared.metrics.schemas import (
+    ABDelta,
     ConsolidatedMetrics,
     DashboardSummary,
     Phase6Stats,
@@ -49,6 +51,7 @@ def consolidated_metrics(
             tokens_spent=queries.tokens_spent(session, run_id=run_id),
             artifact_tokens_avoided=queries.artifact_tokens_avoided(session, run_id=run_id),
             doctor_tokens_avoided=queries.doctor_tokens_avoided(session, run_id=run_id),
+            ab_delta=delta_for_run(session, run_id) or ABDelta(),
         )
 
 

@@ -7,12 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import update
 
 from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep
+from api.dispatch import enqueue_committed
 from shared.db import transaction
 from shared.errors import InvalidInput, NotFound
-from shared.models import Run, utcnow
 from shared.runs import events, repository, service
 from shared.runs.events import RunEvent
 from shared.runs.schemas import RunPage, RunRead, RunStatusRead, RunSummary
@@ -20,17 +19,6 @@ from shared.runs.spec import RunCreate
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/runs", tags=["runs"])
-
-
-def _enqueue(sessions: SessionsDep, dispatcher: DispatcherDep, run_id: str) -> None:
-    """Send the run to the workers after its transaction committed; the sweeper retries failures."""
-    try:
-        dispatcher.enqueue_run(run_id)
-    except Exception:
-        logger.exception("enqueue of run %s failed; a worker's sweeper will send it", run_id)
-        return
-    with transaction(sessions) as session:
-        session.execute(update(Run).where(Run.id == run_id).values(enqueued_at=utcnow()))
 
 
 @router.post(
@@ -52,7 +40,7 @@ def submit_run(
         submitted = service.submit(session, settings, spec)
         run_id = submitted.run.id
     if submitted.needs_enqueue:
-        _enqueue(sessions, dispatcher, run_id)
+        enqueue_committed(sessions, dispatcher, run_id)
     if not submitted.created:
         response.status_code = 200
     with sessions() as session:
@@ -126,7 +114,7 @@ def execute_run(
     """Enqueue a run created with start: false; 409 when it is not in the created state."""
     with transaction(sessions) as session:
         service.start(session, run_id)
-    _enqueue(sessions, dispatcher, run_id)
+    enqueue_committed(sessions, dispatcher, run_id)
     with sessions() as session:
         return service.run_read(repository.get_run_detail(session, run_id))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import ab, admin, client, local, parallel, patterns, serve
+from cli import ab, admin, client, local, parallel, patterns, plan, serve
 
 app = typer.Typer(
     name="autopack",
@@ -27,6 +27,7 @@ app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.repos_app, name="repos")
 app.add_typer(patterns.app, name="patterns")
 app.add_typer(ab.app, name="ab")
+app.add_typer(plan.app, name="plan")
 
 
 def _register_optional() -> None:

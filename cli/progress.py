@@ -53,12 +53,12 @@ class LiveRun:
         progress.started = progress.started or time.monotonic()
 
     def attempt_finished(self, phase_id: str, attempt: int, status: str) -> None:
-        progress = self.phases[phase_id]
+        progress = self.phases.setdefault(phase_id, PhaseProgress(phase_id))
         if status != "succeeded":
             progress.status = f"retrying ({status})"
 
     def phase_finished(self, phase_id: str, status: str) -> None:
-        progress = self.phases[phase_id]
+        progress = self.phases.setdefault(phase_id, PhaseProgress(phase_id))
         progress.status, progress.ended = status, time.monotonic()
 
     def __rich__(self) -> RenderableType:

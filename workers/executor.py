@@ -20,7 +20,9 @@ from shared.db import transaction
 from shared.errors import LeaseLost
 from shared.intention import check_drift, describe_phase_change
 from shared.logs import log_context
+from shared.metrics import recording
 from shared.models import Phase, Run, utcnow
+from shared.plans import DEFAULT_MIN_CONFIDENCE, accept, normalize_plan
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from shared.scope import outside_scope
 from shared.settings import Settings
@@ -35,11 +37,13 @@ from workers.ledger import AttemptOutcome, Ledger
 from workers.phases import AttemptContext, PhaseRunner, build_env, resolve_cwd, runner_for
 from workers.process import CommandResult, kill_group
 from workers.recovery import Decision, FailedAttempt, PhaseRecovery, Recovery
+from workers.toolchain import detect as detect_toolchains
 from workers.workspace import Workspaces
 
 logger = logging.getLogger(__name__)
 
 COUNTED_FAILURES = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT)
+MAX_PHASES = 100
 
 
 class ExecutionObserver(Protocol):
@@ -105,6 +109,10 @@ class RunExecutor:
                 except LeaseLost:
                     logger.warning("lease was taken over; this worker stops without writing")
                     return None
+                except Exception as error:
+                    # A bug must end the run, not leave it running to be retried forever.
+                    logger.exception("internal error while executing the run")
+                    return self._fail_internal(lease, error)
 
     def _execute_leased(self, lease: Lease, heartbeat: Heartbeat) -> str:
         ledger = Ledger(self.sessions, lease)
@@ -118,6 +126,15 @@ class RunExecutor:
             logger.exception("workspace preparation failed")
             ledger.finish_run(RunStatus.FAILED, reason=f"workspace: {error}")
             return RunStatus.FAILED
+        if not phases and run.spec.get("plan"):
+            plan_reason = self._normalize_plan(ledger, run, worktree)
+            if plan_reason is not None:
+                ledger.finish_run(
+                    RunStatus.FAILED, reason=plan_reason, result_commit=base, diffstat=""
+                )
+                self.workspaces.remove(run.repo, run.id)
+                return RunStatus.FAILED
+            run, phases = ledger.load_run()
         status = RunStatus.SUCCEEDED
         reason: str | None = None
         for phase in phases:
@@ -311,6 +328,45 @@ class RunExecutor:
             outside_scope=violations,
             duration_s=time.monotonic() - started,
         )
+
+    def _fail_internal(self, lease: Lease, error: Exception) -> str | None:
+        """Record an unexpected error as the run's failure (best effort) and clean up."""
+        reason = f"internal error: {type(error).__name__}: {str(error)[:300]}"
+        try:
+            Ledger(self.sessions, lease).finish_run(RunStatus.FAILED, reason=reason)
+        except Exception:
+            logger.exception("could not record the internal error; the lease will expire")
+            return None
+        with self.sessions() as session:
+            repo = session.scalar(select(Run.repo).where(Run.id == lease.run_id))
+        if repo and not self.settings.keep_failed_worktrees:
+            self.workspaces.remove(repo, lease.run_id)
+        return RunStatus.FAILED
+
+    def _normalize_plan(self, ledger: Ledger, run: Run, worktree: Path) -> str | None:
+        """Turn the run's plan into phases, in the worktree so toolchain detection helps; the reason when refused."""
+        plan = normalize_plan(str(run.spec["plan"]), worktree=worktree, detect=detect_toolchains)
+        for decision in plan.decisions:
+            logger.info("plan: %s", decision)
+        refusal = accept(plan, DEFAULT_MIN_CONFIDENCE, force=run.spec.get("plan_policy") == "force")
+        if refusal is None and len(plan.phases) > MAX_PHASES:
+            refusal = f"the plan normalizes to {len(plan.phases)} phases; a run may have at most {MAX_PHASES}"
+        with ledger.fenced() as session:
+            recording.record_phase6(
+                session,
+                run_id=run.id,
+                phase_id="_plan",
+                plan_normalization_used=True,
+                plan_normalization_confidence=round(plan.confidence, 3),
+                plan_normalization_warnings=len(plan.warnings),
+                plan_deliverables_count=len(plan.deliverables),
+                plan_scope_size_bytes=plan.scope_size_bytes,
+                phase_outcome="refused" if refusal else "normalized",
+            )
+        if refusal is not None:
+            return f"plan refused (confidence {plan.confidence:.2f}): {refusal}"
+        ledger.create_phases(plan.phases)
+        return None
 
     def _cancel_requested(self, run_id: str) -> bool:
         """Read the cancel flag now (the heartbeat only looks every interval)."""

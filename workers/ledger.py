@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
 from shared.models import Attempt, AttemptLog, Phase, Run, utcnow
+from shared.runs.spec import PhaseSpec
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from workers import leases
 from workers.leases import Lease
@@ -80,6 +82,31 @@ class Ledger:
                 )
             )
         return [(host, pgid) for host, pgid in lost]
+
+    def create_phases(self, phases: list[dict[str, Any]]) -> None:
+        """Insert the phases a normalized plan produced (only while the run has none)."""
+        with self.fenced() as session:
+            if (
+                session.scalar(select(Phase.pk).where(Phase.run_id == self.lease.run_id).limit(1))
+                is not None
+            ):
+                return
+            for position, raw in enumerate(phases):
+                spec = PhaseSpec.model_validate(raw).model_dump(mode="json")
+                session.add(
+                    Phase(
+                        run_id=self.lease.run_id,
+                        position=position,
+                        phase_id=spec["id"],
+                        name=spec.get("name"),
+                        kind=spec["kind"],
+                        spec=spec,
+                        max_attempts=spec["max_attempts"],
+                        timeout_s=spec["timeout_s"],
+                        status=PhaseStatus.PENDING,
+                        attempts_count=0,
+                    )
+                )
 
     def set_base(self, base_commit: str) -> None:
         """Remember the commit the run started from."""

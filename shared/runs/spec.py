@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -174,7 +175,20 @@ class RunCreate(StrictModel):
     doctor: DoctorOptions = Field(default_factory=DoctorOptions)
     drift: DriftOptions = Field(default_factory=DriftOptions)
     start: bool = True
-    phases: list[PhaseSpec] = Field(min_length=1, max_length=100)
+    # Free text / markdown the worker normalizes into phases in the worktree, instead of `phases`.
+    plan: Annotated[str, StringConstraints(min_length=1, max_length=100_000)] | None = None
+    plan_policy: Literal["normal", "force"] = "normal"
+    phases: list[PhaseSpec] = Field(default_factory=list, max_length=100, validate_default=True)
+
+    @field_validator("phases")
+    @classmethod
+    def _phases_or_plan(cls, value: list[PhaseSpec], info: ValidationInfo) -> list[PhaseSpec]:
+        plan = info.data.get("plan")
+        if plan and value:
+            raise ValueError("give either phases or a plan, not both")
+        if not plan and not value:
+            raise ValueError("at least one phase is required (or a plan)")
+        return value
 
     @field_validator("ref")
     @classmethod

@@ -178,3 +178,22 @@ def test_submit_wait_status_and_runs_against_real_api(
     assert run_id in autopack("runs", "--repo", repo, env=env).stdout
     unauthorized = autopack("runs", env={**env, "AUTOPACK_API_KEY": "ap_bad"})
     assert_one_line_error(unauthorized, "unauthorized")
+
+
+def test_run_plan_example_embedded_succeeds(embedded_env: dict[str, str]) -> None:
+    result = autopack(
+        "run", "examples/demo/plan.yaml", "--repo", "demo=examples/demo/project", env=embedded_env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "record-changelog-entry" in result.stdout and "run-test-suite" in result.stdout
+    assert "status: succeeded" in result.stdout
+    preview = autopack(
+        "plan",
+        "normalize",
+        "examples/demo/plan.yaml",
+        "--repo",
+        "examples/demo/project",
+        "--json",
+        env=embedded_env,
+    )
+    assert preview.returncode == 0 and '"confidence": 1.0' in preview.stdout

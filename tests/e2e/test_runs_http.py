@@ -150,3 +150,32 @@ def test_created_run_starts_only_through_execute(
     }
     assert wait_for_status(client, run["id"], TERMINAL)["status"] == "succeeded"
     assert client.post(f"/runs/{run['id']}/execute").status_code == 409
+
+
+def test_plan_submitted_over_http_is_normalized_and_executed(
+    client: httpx.Client, worker: Service, register_repo: Callable[..., str]
+) -> None:
+    response = client.post(
+        "/runs",
+        json={
+            "repo": register_repo(),
+            "goal": "plan it",
+            "plan": "1. Write a file: `echo planned > planned.txt`\n2. Check it: `grep -q planned planned.txt`",
+        },
+    )
+    assert response.status_code == 202 and response.json()["phases"] == []
+    run_id = response.json()["id"]
+    assert wait_for_status(client, run_id, TERMINAL)["status"] == "succeeded"
+    run = client.get(f"/runs/{run_id}").json()
+    assert [p["kind"] for p in run["phases"]] == ["shell", "shell"]
+    assert (
+        client.get(f"/dashboard/runs/{run_id}/phase6-stats").json()["plan_normalization_used"]
+        is True
+    )
+    assert (
+        client.post(
+            "/runs",
+            json={"repo": "x", "goal": "g", "plan": "1. x", "phases": [{"id": "a", "run": "x"}]},
+        ).status_code
+        == 422
+    )

@@ -25,9 +25,9 @@ class CeleryDispatcher:
         self.app = Celery("autopack-api")
         self.app.conf.update(celery_config(settings))
 
-    def enqueue_run(self, run_id: str) -> None:
-        """Send `runs.execute(run_id)` to the run queue."""
-        self.app.send_task(TASK_EXECUTE_RUN, args=[run_id], queue=self.settings.queue)
+    def enqueue_run(self, run_id: str, queue: str | None = None) -> None:
+        """Send `runs.execute(run_id)` to the run's queue."""
+        self.app.send_task(TASK_EXECUTE_RUN, args=[run_id], queue=queue or self.settings.queue)
 
     def ping(self, timeout_s: float = 2.0) -> None:
         """Raise when the broker cannot be reached."""

@@ -8,6 +8,6 @@ from typing import Protocol
 class Dispatcher(Protocol):
     """Sends `runs.execute(run_id)` to whatever executes runs; called only after commit."""
 
-    def enqueue_run(self, run_id: str) -> None:
-        """Ask for the run to be executed."""
+    def enqueue_run(self, run_id: str, queue: str | None = None) -> None:
+        """Ask for the run to be executed (on queue, default: the configured one)."""
         ...

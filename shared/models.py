@@ -75,6 +75,8 @@ class Run(Base):
     spec_hash: Mapped[str] = mapped_column(String(64))
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     concurrency_key: Mapped[str | None] = mapped_column(String(200))
+    # The broker queue the run is sent to; re-sends (sweeper, reconciler) go to the same queue.
+    queue: Mapped[str] = mapped_column(String(200), default="autopack", server_default="autopack")
     status: Mapped[str] = mapped_column(String(20), index=True)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -26,9 +26,9 @@ class CeleryDispatcher:
     def __init__(self, app: Celery, queue: str) -> None:
         self.app, self.queue = app, queue
 
-    def enqueue_run(self, run_id: str) -> None:
-        """Send `runs.execute(run_id)`."""
-        self.app.send_task(TASK_EXECUTE_RUN, args=[run_id], queue=self.queue)
+    def enqueue_run(self, run_id: str, queue: str | None = None) -> None:
+        """Send `runs.execute(run_id)` to queue (default: this worker's)."""
+        self.app.send_task(TASK_EXECUTE_RUN, args=[run_id], queue=queue or self.queue)
 
 
 def _active_runs() -> list[str]:

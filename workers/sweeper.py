@@ -37,8 +37,8 @@ def sweep_once(
     )
     sent = []
     with transaction(sessions) as session:
-        candidates = list(session.scalars(select(Run.id).where(due).limit(500)))
-    for run_id in candidates:
+        candidates = list(session.execute(select(Run.id, Run.queue).where(due).limit(500)).tuples())
+    for run_id, queue in candidates:
         with transaction(sessions) as session:
             claimed = session.execute(
                 update(Run)
@@ -49,7 +49,7 @@ def sweep_once(
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
         if claimed:
-            dispatcher.enqueue_run(run_id)
+            dispatcher.enqueue_run(run_id, queue)
             sent.append(run_id)
     if sent:
         logger.info("re-enqueued %d run(s): %s", len(sent), ", ".join(sent))
@@ -70,29 +70,33 @@ def requeue_lost_messages(
     """
     cutoff = utcnow() - timedelta(seconds=settings.requeue_after_s)
     with sessions() as session:
-        waiting = list(
-            session.scalars(
-                select(Run.id)
-                .where(Run.status == RunStatus.QUEUED, Run.enqueued_at < cutoff)
-                .order_by(Run.created_at)
-                .limit(1000)
-            )
-        )
-    if not waiting or depth(settings.queue) >= len(waiting):
-        return []
+        rows = session.execute(
+            select(Run.id, Run.queue)
+            .where(Run.status == RunStatus.QUEUED, Run.enqueued_at < cutoff)
+            .order_by(Run.created_at)
+            .limit(1000)
+        ).tuples()
+        waiting: dict[str, list[str]] = {}
+        for run_id, queue in rows:
+            waiting.setdefault(queue, []).append(run_id)
     now = utcnow()
     sent = []
-    for run_id in waiting:
-        with transaction(sessions) as session:
-            claimed = session.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status == RunStatus.QUEUED, Run.enqueued_at < cutoff)
-                .values(enqueued_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-        if claimed:
-            dispatcher.enqueue_run(run_id)
-            sent.append(run_id)
+    for queue, run_ids in waiting.items():
+        if depth(queue) >= len(run_ids):
+            continue
+        for run_id in run_ids:
+            with transaction(sessions) as session:
+                claimed = session.execute(
+                    update(Run)
+                    .where(
+                        Run.id == run_id, Run.status == RunStatus.QUEUED, Run.enqueued_at < cutoff
+                    )
+                    .values(enqueued_at=now)
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # type: ignore[attr-defined]
+            if claimed:
+                dispatcher.enqueue_run(run_id, queue)
+                sent.append(run_id)
     if sent:
         logger.warning(
             "the broker had lost %d queued run(s); re-sent: %s", len(sent), ", ".join(sent)

@@ -39,12 +39,14 @@ def submit_run(
     with transaction(sessions) as session:
         submitted = service.submit(session, settings, spec)
         run_id = submitted.run.id
+    # The reply shows the run as stored; once enqueued, a worker may already be changing it.
+    with sessions() as session:
+        stored = service.run_read(repository.get_run_detail(session, run_id))
     if submitted.needs_enqueue:
         enqueue_committed(sessions, dispatcher, run_id)
     if not submitted.created:
         response.status_code = 200
-    with sessions() as session:
-        return service.run_read(repository.get_run_detail(session, run_id))
+    return stored
 
 
 @router.get("", response_model=RunPage)
@@ -114,9 +116,10 @@ def execute_run(
     """Enqueue a run created with start: false; 409 when it is not in the created state."""
     with transaction(sessions) as session:
         service.start(session, run_id)
-    enqueue_committed(sessions, dispatcher, run_id)
     with sessions() as session:
-        return service.run_read(repository.get_run_detail(session, run_id))
+        stored = service.run_read(repository.get_run_detail(session, run_id))
+    enqueue_committed(sessions, dispatcher, run_id)
+    return stored
 
 
 @router.post("/{run_id}/cancel", status_code=202, response_model=RunRead, responses={409: {}})

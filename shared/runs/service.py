@@ -60,6 +60,7 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
         spec_hash=spec_hash,
         labels=dict(spec.labels),
         concurrency_key=spec.concurrency.key if spec.concurrency else None,
+        queue=settings.queue,
         status=RunStatus.QUEUED if spec.start else RunStatus.CREATED,
         created_at=now,
         updated_at=now,

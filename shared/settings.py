@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # A run queued this long while its queue holds fewer messages than queued runs is re-sent.
     requeue_after_s: float = 60.0
     kill_grace_s: float = 5.0
+    # Resource limits of every phase process (via util-linux prlimit); None leaves the worker's own.
+    phase_cpu_seconds: int | None = None
+    phase_memory_mb: int | None = None
+    phase_max_open_files: int | None = None
+    phase_max_processes: int | None = None
     # A worker with free slots that receives nothing while its queue holds messages this long is stalled.
     worker_stall_timeout_s: float = 120.0
     max_run_duration_s: int = 24 * 3600

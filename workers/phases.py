@@ -71,6 +71,17 @@ def resolve_cwd(worktree: Path, cwd: str | None) -> Path:
     return target
 
 
+def limits_of(settings: Settings) -> dict[str, int]:
+    """The prlimit options the settings ask for."""
+    wanted = {
+        "cpu": settings.phase_cpu_seconds,
+        "as": settings.phase_memory_mb * 1024 * 1024 if settings.phase_memory_mb else None,
+        "nofile": settings.phase_max_open_files,
+        "nproc": settings.phase_max_processes,
+    }
+    return {name: value for name, value in wanted.items() if value}
+
+
 def run_commands(commands: list[str], spec: Mapping[str, Any], ctx: AttemptContext) -> PhaseResult:
     """Run commands in order with bash in the phase's directory, stopping at the first failure."""
     with ctx.log_path.open("ab") as log:
@@ -93,6 +104,7 @@ def run_commands(commands: list[str], spec: Mapping[str, Any], ctx: AttemptConte
                 should_stop=ctx.should_stop,
                 grace_s=ctx.settings.kill_grace_s,
                 on_spawn=ctx.on_spawn,
+                limits=limits_of(ctx.settings),
             )
             if not result.ok:
                 return PhaseResult(

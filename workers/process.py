@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -87,13 +88,27 @@ def run_command(
     should_stop: Callable[[], str | None],
     grace_s: float,
     on_spawn: Callable[[int], None] | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> CommandResult:
     """Run command with bash in a new session; output goes straight to the log file."""
     log.write(f"$ {command}\n".encode())
     log.flush()
+    argv = ["/bin/bash", "-c", command]
+    if limits:
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            raise RuntimeError(
+                "resource limits are configured but `prlimit` (util-linux) is not installed"
+            )
+        argv = [
+            prlimit,
+            *(f"--{name}={value}" for name, value in sorted(limits.items())),
+            "--",
+            *argv,
+        ]
     with _inheritable_default_signals():
         process = subprocess.Popen(
-            ["/bin/bash", "-c", command],
+            argv,
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,

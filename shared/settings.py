@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     queue: str = "autopack"
     # Repositories registered by configuration: {"name": "url or path"}.
     repos: dict[str, str] = Field(default_factory=dict)
+    # Secrets phases may ask for by name (`secret_env`), held by workers only: {"NAME": "value"}.
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
     # Bootstrap API keys given by the operator (compared by hash, never logged).
     api_keys: list[SecretStr] = Field(default_factory=list)
 

@@ -23,6 +23,7 @@ from shared.logs import log_context
 from shared.metrics import recording
 from shared.models import Phase, Run, utcnow
 from shared.plans import DEFAULT_MIN_CONFIDENCE, accept, normalize_plan
+from shared.redaction import redact_file, secret_values
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from shared.scope import outside_scope
 from shared.settings import Settings
@@ -308,6 +309,8 @@ class RunExecutor:
         )
         started = time.monotonic()
         result = runner.run(spec, ctx)
+        # Mask secrets before anything reads the log (recovery, the Doctor, storage).
+        redact_file(log_path, secret_values(self.settings, spec.get("secret_env") or []))
         scope = list(phase.spec.get("scope") or [])
         violations = (
             outside_scope((c.path for c in changed_paths(worktree)), scope) if scope else []
@@ -327,6 +330,7 @@ class RunExecutor:
             env=build_env(self.settings, spec.get("env") or {}, env_extra),
             outside_scope=violations,
             duration_s=time.monotonic() - started,
+            secret_names=list(spec.get("secret_env") or []),
         )
 
     def _fail_internal(self, lease: Lease, error: Exception) -> str | None:
@@ -421,6 +425,8 @@ class RunExecutor:
         return path
 
     def _outcome(self, step: AttemptStep, decision: Decision | None) -> AttemptOutcome:
+        # Mitigation commands ran with the same environment: mask again before storing.
+        redact_file(step.log_path, secret_values(self.settings, step.secret_names))
         data = step.log_path.read_bytes()
         tail = data[-self.settings.output_tail_bytes :].decode("utf-8", "replace")
         cap = self.settings.max_log_bytes
@@ -461,6 +467,7 @@ class AttemptStep:
     env: dict[str, str]
     outside_scope: list[str]
     duration_s: float
+    secret_names: list[str]
 
     @property
     def status(self) -> AttemptStatus:

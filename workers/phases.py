@@ -90,7 +90,20 @@ def run_commands(commands: list[str], spec: Mapping[str, Any], ctx: AttemptConte
         except ValueError as error:
             log.write(f"[autopack] {error}\n".encode())
             return PhaseResult(CommandResult(None, None, False, None), str(error), commands)
+        missing = [
+            name for name in spec.get("secret_env") or [] if name not in ctx.settings.secrets
+        ]
+        if missing:
+            reason = f"secret(s) {', '.join(missing)} are not configured on this worker (AUTOPACK_SECRETS)"
+            log.write(f"[autopack] {reason}\n".encode())
+            return PhaseResult(CommandResult(None, None, False, None), reason, commands)
         env = build_env(ctx.settings, spec.get("env") or {}, ctx.env)
+        env.update(
+            {
+                name: ctx.settings.secrets[name].get_secret_value()
+                for name in spec.get("secret_env") or []
+            }
+        )
         deadline = time.monotonic() + ctx.timeout_s
         result = CommandResult(0, None, False, None)
         for command in commands:

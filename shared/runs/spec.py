@@ -118,6 +118,10 @@ class PhaseSpec(StrictModel):
     scope: list[str] = Field(default_factory=list, max_length=200)
     max_attempts: int = Field(default=1, ge=1, le=20)
     timeout_s: int = Field(default=600, ge=1, le=7 * 24 * 3600)
+    # Names of worker-held secrets (AUTOPACK_SECRETS) to put in the environment; values never leave the worker.
+    secret_env: list[Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]] = Field(
+        default_factory=list, max_length=50
+    )
     env: dict[
         Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)],
         Annotated[str, StringConstraints(max_length=10_000)],

@@ -84,6 +84,9 @@ class Run(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
+    queue_deadline_at: Mapped[datetime | None] = mapped_column(
+        index=True
+    )  # must have started by then
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None]
     lease_token: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -24,6 +24,7 @@ from shared.metrics import recording
 from shared.models import Phase, Run, utcnow
 from shared.plans import DEFAULT_MIN_CONFIDENCE, accept, normalize_plan
 from shared.redaction import redact_file, secret_values
+from shared.runs import service
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from shared.scope import outside_scope
 from shared.settings import Settings
@@ -94,6 +95,8 @@ class RunExecutor:
 
     def execute(self, run_id: str) -> str | None:
         """Run it to the end if this call wins the lease; None when the delivery is a no-op."""
+        with transaction(self.sessions) as session:
+            service.expire_queue_waits(session)  # a run that waited too long never starts
         with transaction(self.sessions) as session:
             lease = leases.acquire(session, run_id, self.owner, self.settings.lease_ttl_s)
         if lease is None:

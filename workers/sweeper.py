@@ -14,6 +14,7 @@ from shared.broker import queue_depths
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
+from shared.runs import service
 from shared.runs.states import PhaseStatus, RunStatus
 from shared.settings import Settings
 from workers.workspace import Workspaces
@@ -182,6 +183,12 @@ class Sweeper:
             try:
                 sweep_once(self.sessions, self.dispatcher, self.settings)
                 finish_abandoned_cancellations(self.sessions)
+                with transaction(self.sessions) as session:
+                    expired = service.expire_queue_waits(session)
+                if expired:
+                    logger.info(
+                        "runs not started within their max_queue_wait_s: %s", ", ".join(expired)
+                    )
                 requeue_lost_messages(self.sessions, self.dispatcher, self.settings, self._depth)
             except Exception:
                 logger.warning("sweep failed; will retry", exc_info=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -61,6 +62,9 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
         labels=dict(spec.labels),
         concurrency_key=spec.concurrency.key if spec.concurrency else None,
         queue=settings.queue,
+        queue_deadline_at=now + timedelta(seconds=spec.budgets.max_queue_wait_s)
+        if spec.budgets.max_queue_wait_s
+        else None,
         status=RunStatus.QUEUED if spec.start else RunStatus.CREATED,
         created_at=now,
         updated_at=now,
@@ -158,6 +162,34 @@ def cancel(session: Session, run_id: str) -> Run:
             f"run {run_id!r} is {run.status}; only a created, queued or running run can be cancelled"
         )
     return run
+
+
+def expire_queue_waits(session: Session) -> list[str]:
+    """End runs that were not started before their queue deadline (budgets.max_queue_wait_s)."""
+    now = utcnow()
+    expired = list(
+        session.scalars(
+            update(Run)
+            .where(
+                Run.status.in_([RunStatus.QUEUED, RunStatus.CREATED]), Run.queue_deadline_at < now
+            )
+            .values(
+                status=RunStatus.TIMED_OUT,
+                finished_at=now,
+                updated_at=now,
+                failure_reason="not started within its max_queue_wait_s",
+            )
+            .returning(Run.id)
+        )
+    )
+    if expired:
+        session.execute(
+            update(Phase)
+            .where(Phase.run_id.in_(expired), Phase.status == PhaseStatus.PENDING)
+            .values(status=PhaseStatus.SKIPPED, finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return expired
 
 
 def run_read(run: Run) -> RunRead:

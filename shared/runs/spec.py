@@ -70,6 +70,7 @@ class Budgets(StrictModel):
 
     token_cap: int | None = Field(default=None, ge=0)
     max_duration_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    max_queue_wait_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
 
 class Hardening(StrictModel):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shared import repos
 from shared.errors import Conflict, InvalidInput
-from shared.models import Run
+from shared.models import Run, utcnow
 from shared.runs import repository, service
 from shared.runs.spec import RunCreate
 from shared.runs.states import RunStatus
@@ -101,3 +103,26 @@ def test_status_of_counts_phases(db: Session, settings: Settings, registered: st
     assert status.phases["pending"] == 2
     assert status.percent_complete == 0.0
     assert not status.terminal
+
+
+def test_run_not_started_within_queue_wait_times_out(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    waiting = service.submit(db, settings, spec(budgets={"max_queue_wait_s": 30})).run
+    patient = service.submit(db, settings, spec()).run
+    assert waiting.queue_deadline_at is not None and patient.queue_deadline_at is None
+    assert service.expire_queue_waits(db) == []
+    db.execute(
+        update(Run)
+        .where(Run.id == waiting.id)
+        .values(queue_deadline_at=utcnow() - timedelta(seconds=1))
+    )
+    assert service.expire_queue_waits(db) == [waiting.id]
+    db.refresh(waiting)
+    assert (
+        waiting.status == RunStatus.TIMED_OUT
+        and waiting.failure_reason == "not started within its max_queue_wait_s"
+    )
+    assert {p.status for p in repository.get_run_detail(db, waiting.id).phases} == {"skipped"}
+    db.refresh(patient)
+    assert patient.status == RunStatus.QUEUED

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api import errors
 from api.dispatch import CeleryDispatcher
 from api.middleware import LimitBodyMiddleware, RequestIdMiddleware
-from api.routes import dashboard, experiments, health, observability, runs
+from api.routes import admin, dashboard, experiments, health, observability, runs
 from shared.db import make_engine, make_session_factory
 from shared.migrations import ensure_migrated
 from shared.settings import Settings, get_settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.include_router(runs.router)
     app.include_router(dashboard.router)
     app.include_router(experiments.router)

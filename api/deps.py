@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -40,8 +41,8 @@ def require_key(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
-) -> str:
-    """The name of the caller's API key; 401 otherwise."""
+) -> auth.Caller:
+    """The caller behind the API key; 401 otherwise."""
     presented = x_api_key
     if not presented and authorization and authorization.lower().startswith("bearer "):
         presented = authorization[7:].strip()
@@ -49,4 +50,15 @@ def require_key(
         return auth.verify(session, settings, presented)
 
 
-CallerDep = Annotated[str, Depends(require_key)]
+def _scoped(scope: str) -> Callable[[auth.Caller], auth.Caller]:
+    def check(caller: Annotated[auth.Caller, Depends(require_key)]) -> auth.Caller:
+        caller.require(scope)
+        return caller
+
+    check.__name__ = f"require_{scope}_scope"
+    return check
+
+
+CallerDep = Annotated[auth.Caller, Depends(_scoped("read"))]
+SubmitterDep = Annotated[auth.Caller, Depends(_scoped("submit"))]
+AdminDep = Annotated[auth.Caller, Depends(_scoped("admin"))]

@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from shared.errors import (
     AutopackError,
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     NotMigrated,
@@ -26,6 +27,7 @@ STATUS = {
     Conflict: 409,
     InvalidInput: 422,
     Unauthorized: 401,
+    Forbidden: 403,
     Transient: 503,
     NotMigrated: 503,
 }

@@ -51,11 +51,20 @@ def db_current() -> None:
 
 
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Option(help="Who the key is for.")] = "default") -> None:
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who the key is for.")] = "default",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="read, submit, admin (repeatable; default read + submit)."),
+    ] = None,
+) -> None:
     """Create an API key and print it once (only its hash is stored)."""
-    with session_scope(load_settings()) as session:
-        row, plaintext = auth.create_key(session, name)
-        key_id = row.id
+    try:
+        with session_scope(load_settings()) as session:
+            row, plaintext = auth.create_key(session, name, scope or auth.DEFAULT_SCOPES)
+            key_id = row.id
+    except AutopackError as error:
+        fail(str(error))
     console.print(f"created key {key_id} ({name}); store it now, it is not shown again:")
     print(plaintext)
 
@@ -63,13 +72,14 @@ def keys_create(name: Annotated[str, typer.Option(help="Who the key is for.")] =
 @keys_app.command("list")
 def keys_list() -> None:
     """List API keys (never their values)."""
-    table = Table("id", "name", "prefix", "created", "revoked")
+    table = Table("id", "name", "prefix", "scopes", "created", "revoked")
     with session_scope(load_settings()) as session:
         for row in auth.list_keys(session):
             table.add_row(
                 str(row.id),
                 row.name,
                 row.prefix,
+                ",".join(row.scopes or []),
                 row.created_at.isoformat(timespec="seconds"),
                 row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "",
             )

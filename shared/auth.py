@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.constants import API_KEY_PREFIX
-from shared.errors import NotFound, Unauthorized
+from shared.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.models import ApiKey, utcnow
 from shared.settings import Settings
 
@@ -20,28 +22,65 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
+SCOPES = ("read", "submit", "admin")
+DEFAULT_SCOPES = ("read", "submit")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, and what their key allows."""
+
+    name: str
+    scopes: frozenset[str]
+
+    def require(self, scope: str) -> None:
+        """Forbidden unless the key has scope."""
+        if scope not in self.scopes:
+            raise Forbidden(f"this API key lacks the {scope!r} scope")
+
+
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """Validated, de-duplicated scopes in canonical order."""
+    wanted = set(scopes)
+    unknown = wanted - set(SCOPES)
+    if unknown:
+        raise InvalidInput(
+            f"unknown scope(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCOPES)}",
+            "scopes",
+        )
+    if not wanted:
+        raise InvalidInput("a key needs at least one scope", "scopes")
+    return [s for s in SCOPES if s in wanted]
+
+
+def create_key(
+    session: Session, name: str, scopes: Iterable[str] = DEFAULT_SCOPES
+) -> tuple[ApiKey, str]:
     """A new key; the plaintext is returned once and never stored."""
     prefix = secrets.token_hex(4)
     plaintext = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-    row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(plaintext))
+    row = ApiKey(
+        name=name, prefix=prefix, key_hash=hash_key(plaintext), scopes=check_scopes(scopes)
+    )
     session.add(row)
     session.flush()
     return row, plaintext
 
 
-def verify(session: Session, settings: Settings, presented: str | None) -> str:
-    """The name of the key presented, or Unauthorized."""
+def verify(session: Session, settings: Settings, presented: str | None) -> Caller:
+    """The caller the presented key belongs to, or Unauthorized."""
     if not presented:
         raise Unauthorized("missing API key (send X-API-Key or Authorization: Bearer)")
     digest = hash_key(presented)
     for configured in settings.api_keys:
         if hmac.compare_digest(digest, hash_key(configured.get_secret_value())):
-            return "settings"
+            return Caller(
+                "settings", frozenset(SCOPES)
+            )  # the operator's bootstrap keys may do everything
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
         raise Unauthorized("invalid API key")
-    return row.name
+    return Caller(row.name, frozenset(row.scopes or DEFAULT_SCOPES))
 
 
 def list_keys(session: Session) -> list[ApiKey]:

@@ -27,6 +27,10 @@ class Unauthorized(AutopackError):
     """No credentials, or credentials that match no active key."""
 
 
+class Forbidden(AutopackError):
+    """Authenticated, but the key lacks the scope the request needs."""
+
+
 class Transient(AutopackError):
     """A dependency is unavailable for now; retrying later may succeed."""
 

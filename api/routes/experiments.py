@@ -6,7 +6,7 @@ import logging
 
 from fastapi import APIRouter
 
-from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep
+from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep, SubmitterDep
 from api.dispatch import enqueue_committed
 from shared.analysis import ab
 from shared.db import transaction
@@ -21,7 +21,7 @@ def create_experiment(
     sessions: SessionsDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-    _caller: CallerDep,
+    _caller: SubmitterDep,
 ) -> ab.ExperimentRead:
     """Store the experiment and its 2N runs in one transaction, then enqueue the runs."""
     with transaction(sessions) as session:

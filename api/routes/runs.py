@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep
+from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep, SubmitterDep
 from api.dispatch import enqueue_committed
 from shared.db import transaction
 from shared.errors import InvalidInput, NotFound
@@ -33,7 +33,7 @@ def submit_run(
     sessions: SessionsDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-    _caller: CallerDep,
+    _caller: SubmitterDep,
 ) -> RunRead:
     """Store a run and enqueue it; resubmitting the same run_id and spec returns the stored run (200)."""
     with transaction(sessions) as session:
@@ -111,7 +111,7 @@ def get_attempt_log(
 
 @router.post("/{run_id}/execute", status_code=202, response_model=RunRead)
 def execute_run(
-    run_id: str, sessions: SessionsDep, dispatcher: DispatcherDep, _caller: CallerDep
+    run_id: str, sessions: SessionsDep, dispatcher: DispatcherDep, _caller: SubmitterDep
 ) -> RunRead:
     """Enqueue a run created with start: false; 409 when it is not in the created state."""
     with transaction(sessions) as session:
@@ -123,7 +123,7 @@ def execute_run(
 
 
 @router.post("/{run_id}/cancel", status_code=202, response_model=RunRead, responses={409: {}})
-def cancel_run(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunRead:
+def cancel_run(run_id: str, sessions: SessionsDep, _caller: SubmitterDep) -> RunRead:
     """Cancel a run: at once if it has not started, else its worker stops the phase; 409 once it ended."""
     with transaction(sessions) as session:
         service.cancel(session, run_id)

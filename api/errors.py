@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from shared.errors import (
     AutopackError,
@@ -74,6 +74,19 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": details}, status_code=422)
 
 
+async def _database_rejected(request: Request, error: Exception) -> JSONResponse:
+    logger.info(
+        "database rejected a value on %s %s: %s",
+        request.method,
+        request.url.path,
+        type(getattr(error, "orig", error)).__name__,
+    )
+    return JSONResponse(
+        {"detail": "a value in the request is not acceptable (bad characters or out of range)"},
+        status_code=422,
+    )
+
+
 async def _database_down(request: Request, error: Exception) -> JSONResponse:
     logger.warning("database unavailable: %s", type(error).__name__)
     return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
@@ -88,5 +101,6 @@ def install(app: FastAPI) -> None:
     """Register the handlers on the app."""
     app.add_exception_handler(AutopackError, _autopack_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _database_rejected)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AdminDep, SessionsDep, SettingsDep
@@ -103,7 +104,9 @@ def create_key(body: KeyCreate, sessions: SessionsDep, _admin: AdminDep) -> KeyC
 
 
 @router.delete("/keys/{key_id}", response_model=KeyRead)
-def revoke_key(key_id: int, sessions: SessionsDep, _admin: AdminDep) -> KeyRead:
+def revoke_key(
+    key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], sessions: SessionsDep, _admin: AdminDep
+) -> KeyRead:
     """Revoke a key; it stops working at once."""
     with transaction(sessions) as session:
         return KeyRead.model_validate(auth.revoke(session, key_id))

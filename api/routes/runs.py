@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep, SubmitterDep
@@ -15,7 +15,8 @@ from shared.errors import InvalidInput, NotFound
 from shared.runs import events, repository, service
 from shared.runs.events import RunEvent
 from shared.runs.schemas import RunPage, RunRead, RunStatusRead, RunSummary
-from shared.runs.spec import RunCreate
+from shared.runs.spec import NAME_PATTERN, RunCreate
+from shared.runs.states import RunStatus
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -53,8 +54,8 @@ def submit_run(
 def list_runs(
     sessions: SessionsDep,
     _caller: CallerDep,
-    status: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
-    repo: str | None = None,
+    status: Annotated[list[RunStatus], Query()] = [],  # noqa: B006 - FastAPI reads, never mutates
+    repo: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
     label: Annotated[list[str], Query(description="key=value, repeatable")] = [],  # noqa: B006
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -63,7 +64,7 @@ def list_runs(
     labels = {}
     for item in label:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or "\x00" in item:
             raise InvalidInput(f"label filter {item!r} must be key=value", field="label")
         labels[key] = value
     with sessions() as session:
@@ -96,7 +97,11 @@ def get_run_events(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> li
 
 @router.get("/{run_id}/phases/{phase_id}/attempts/{number}/log", response_class=PlainTextResponse)
 def get_attempt_log(
-    run_id: str, phase_id: str, number: int, sessions: SessionsDep, _caller: CallerDep
+    run_id: str,
+    phase_id: str,
+    number: Annotated[int, Path(ge=1, le=1_000_000)],
+    sessions: SessionsDep,
+    _caller: CallerDep,
 ) -> str:
     """The full output of one attempt, as plain text."""
     with sessions() as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -12,11 +13,22 @@ from sqlalchemy.orm import Session, selectinload
 
 from shared.errors import InvalidInput, NotFound
 from shared.models import Attempt, AttemptLog, Phase, Run
+from shared.runs.spec import PHASE_ID_PATTERN, RUN_ID_PATTERN
+
+_RUN_ID_RE = re.compile(RUN_ID_PATTERN)
+_PHASE_ID_RE = re.compile(PHASE_ID_PATTERN)
+
+
+def _checked_id(run_id: str) -> str:
+    """An id no run can have (bad characters, too long) is simply not found."""
+    if not _RUN_ID_RE.match(run_id):
+        raise NotFound(f"run {run_id[:200]!r} not found")
+    return run_id
 
 
 def get_run(session: Session, run_id: str) -> Run:
     """The run, or NotFound."""
-    run = session.get(Run, run_id)
+    run = session.get(Run, _checked_id(run_id))
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run
@@ -26,7 +38,7 @@ def get_run_detail(session: Session, run_id: str) -> Run:
     """The run with phases and attempts loaded."""
     run = session.scalars(
         select(Run)
-        .where(Run.id == run_id)
+        .where(Run.id == _checked_id(run_id))
         .options(selectinload(Run.phases).selectinload(Phase.attempts))
     ).one_or_none()
     if run is None:
@@ -44,7 +56,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Parse a cursor made by encode_cursor."""
     try:
         created, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(run_id)
+        if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+            raise ValueError("bad run id in cursor")
+        return datetime.fromisoformat(created), run_id
     except (ValueError, TypeError) as error:
         raise InvalidInput("cursor is not valid", field="cursor") from error
 
@@ -78,6 +92,10 @@ def list_runs(
 
 def get_attempt(session: Session, run_id: str, phase_id: str, number: int) -> Attempt:
     """One attempt of one phase, or NotFound."""
+    if not _RUN_ID_RE.match(run_id) or not _PHASE_ID_RE.match(phase_id):
+        raise NotFound(
+            f"attempt {number} of phase {phase_id[:100]!r} in run {run_id[:200]!r} not found"
+        )
     attempt = session.scalars(
         select(Attempt)
         .join(Phase, Attempt.phase_pk == Phase.pk)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repos
@@ -112,6 +113,11 @@ class RunExecutor:
                     return self._execute_leased(lease, heartbeat)
                 except LeaseLost:
                     logger.warning("lease was taken over; this worker stops without writing")
+                    return None
+                except (OperationalError, InterfaceError):
+                    # The record is unreachable: leave the run to be resumed after the lease expires,
+                    # rather than fail it for an outage.
+                    logger.warning("database unavailable; abandoning the run for resumption", exc_info=True)
                     return None
                 except Exception as error:
                     # A bug must end the run, not leave it running to be retried forever.

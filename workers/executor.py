@@ -117,7 +117,9 @@ class RunExecutor:
                 except (OperationalError, InterfaceError):
                     # The record is unreachable: leave the run to be resumed after the lease expires,
                     # rather than fail it for an outage.
-                    logger.warning("database unavailable; abandoning the run for resumption", exc_info=True)
+                    logger.warning(
+                        "database unavailable; abandoning the run for resumption", exc_info=True
+                    )
                     return None
                 except Exception as error:
                     # A bug must end the run, not leave it running to be retried forever.

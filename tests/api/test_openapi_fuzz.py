@@ -25,9 +25,17 @@ def test_api_never_fails_on_generated_requests(api_url: str, api_key: str) -> No
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def exercise(case: Any) -> None:
-            case.call_and_validate(headers={"X-API-Key": api_key}, checks=[not_a_server_error, response_schema_conformance])
+            case.call_and_validate(
+                headers={"X-API-Key": api_key},
+                checks=[not_a_server_error, response_schema_conformance],
+            )
 
         exercise()
         exercised.append(operation.label)

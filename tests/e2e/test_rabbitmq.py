@@ -16,6 +16,7 @@ from shared.broker import queue_depths
 from shared.constants import TASK_EXECUTE_RUN
 from shared.queueing import celery_config
 from shared.settings import Settings
+from tests.conftest import wait_until
 from tests.services import start_api, start_worker, wait_for_status
 
 pytestmark = pytest.mark.e2e
@@ -74,10 +75,13 @@ def test_queue_depth_is_read_from_rabbitmq(amqp_settings: Settings) -> None:
     for i in range(3):
         client.send_task(TASK_EXECUTE_RUN, args=[f"nobody-consumes-{i}"], queue=amqp_settings.queue)
     try:
-        assert queue_depths(AMQP_URL, [amqp_settings.queue, "no-such-queue-here"]) == {
-            amqp_settings.queue: 3,
-            "no-such-queue-here": 0,
-        }
+        # Publishes are not confirmed: RabbitMQ routes them shortly after send_task returns.
+        expected = {amqp_settings.queue: 3, "no-such-queue-here": 0}
+        wait_until(
+            lambda: queue_depths(AMQP_URL, list(expected)) == expected,
+            timeout=15,
+            what="RabbitMQ to report 3 waiting messages",
+        )
     finally:
         with client.connection_for_write() as connection:
             connection.default_channel.queue_delete(amqp_settings.queue)

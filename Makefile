@@ -28,5 +28,10 @@ services:
 test: install services
 	$(BIN)/pytest -n 2
 
+# System benchmark (about 3-5 minutes; BENCH_ARGS=--quick for about 2): prints the figures and
+# rewrites the generated block of bench/results-system.md.
+bench: install services
+	$(BIN)/python -m bench.system --write-results $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Benchmarks that run against real services (PostgreSQL, the API process); not shipped."""

@@ -34,6 +34,11 @@ class RunEvent(BaseModel):
     detail: dict[str, Any] = {}
 
 
+def _compact(values: dict[str, Any]) -> dict[str, Any]:
+    """The entries that have a value."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def timeline(session: Session, run: Run) -> list[RunEvent]:
     """Every event of a run in time order (phases and attempts must be loaded)."""
     events = [
@@ -65,7 +70,7 @@ def timeline(session: Session, run: Run) -> list[RunEvent]:
                         kind="attempt.finished",
                         phase_id=phase.phase_id,
                         attempt=attempt.number,
-                        detail={k: v for k, v in detail.items() if v is not None},
+                        detail=_compact(detail),
                     )
                 )
         if phase.finished_at:
@@ -79,7 +84,7 @@ def timeline(session: Session, run: Run) -> list[RunEvent]:
                     at=phase.finished_at,
                     kind="phase.finished",
                     phase_id=phase.phase_id,
-                    detail={k: v for k, v in phase_detail.items() if v is not None},
+                    detail=_compact(phase_detail),
                 )
             )
     mitigations = session.scalars(
@@ -120,7 +125,7 @@ def timeline(session: Session, run: Run) -> list[RunEvent]:
                 kind="doctor.call",
                 phase_id=call.phase_id,
                 attempt=call.attempt,
-                detail={k: v for k, v in call_detail.items() if v is not None},
+                detail=_compact(call_detail),
             )
         )
     if run.finished_at:
@@ -128,15 +133,13 @@ def timeline(session: Session, run: Run) -> list[RunEvent]:
             RunEvent(
                 at=run.finished_at,
                 kind="run.finished",
-                detail={
-                    k: v
-                    for k, v in {
+                detail=_compact(
+                    {
                         "status": run.status,
                         "reason": run.failure_reason,
                         "result_commit": run.result_commit,
-                    }.items()
-                    if v is not None
-                },
+                    }
+                ),
             )
         )
     return sorted(events, key=lambda e: (e.at, ORDER.get(e.kind, 9)))

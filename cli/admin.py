@@ -13,6 +13,7 @@ from cli.context import load_settings, session_scope
 from shared import auth, repos
 from shared.db import make_engine
 from shared.errors import AutopackError
+from shared.metrics import rollups
 from shared.migrations import current_revision, downgrade, head_revision, upgrade
 
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
@@ -48,6 +49,18 @@ def db_current() -> None:
     except OperationalError as error:
         fail(f"cannot reach the database: {str(error.orig).strip().splitlines()[0]}")
     console.print(f"current: {current or 'empty'}  head: {head_revision(settings)}")
+
+
+@db_app.command("rebuild-rollups")
+def db_rebuild_rollups() -> None:
+    """Recompute the dashboard's hourly rollups from the metric rows (after a bulk import)."""
+    settings = load_settings()
+    try:
+        with session_scope(settings) as session:
+            counts = rollups.rebuild(session)
+    except OperationalError as error:
+        fail(f"cannot reach the database: {str(error.orig).strip().splitlines()[0]}")
+    console.print(", ".join(f"{table}: {n} row(s)" for table, n in counts.items()))
 
 
 @keys_app.command("create")

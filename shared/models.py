@@ -401,3 +401,47 @@ class ExperimentPair(Base):
             "experiment_id", "pair_index", name="uq_experiment_pairs_experiment_id_pair_index"
         ),
     )
+
+
+class LlmUsageHourly(Base):
+    """llm_usage_events summed per UTC hour, kept current by every write (dashboard windows)."""
+
+    __tablename__ = "llm_usage_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    action: Mapped[str] = mapped_column(String(32), primary_key=True)  # '' for none
+    is_doctor_call: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float | None]
+
+
+class TokenEfficiencyHourly(Base):
+    """token_efficiency_metrics summed per UTC hour."""
+
+    __tablename__ = "token_efficiency_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    contexts: Mapped[int] = mapped_column(BigInteger)
+    tokens_saved: Mapped[int] = mapped_column(BigInteger)
+    substitutions: Mapped[int] = mapped_column(BigInteger)
+
+
+class Phase6Hourly(Base):
+    """phase6_metrics counted per UTC hour, pattern, estimate source and skipped Doctor call."""
+
+    __tablename__ = "phase6_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    pattern: Mapped[str] = mapped_column(String(100), primary_key=True)  # '' for none
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)  # '' for none
+    skipped: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    fixed: Mapped[int] = mapped_column(BigInteger)
+    decided: Mapped[int] = mapped_column(BigInteger)  # mitigation_fixed is not null
+    coverage_n: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)  # doctor_tokens_avoided_estimate

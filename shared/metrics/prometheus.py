@@ -15,7 +15,8 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import workers_registry
-from shared.models import Attempt, LlmUsageEvent, Phase, Phase6Metric, Run, WorkerRecord, utcnow
+from shared.metrics import rollups
+from shared.models import Attempt, LlmUsageHourly, Phase, Run, WorkerRecord, utcnow
 from shared.runs.states import RunStatus
 from shared.settings import Settings
 
@@ -125,26 +126,29 @@ class AutopackCollector(Collector):
             "Failure-pattern mitigations by pattern and outcome.",
             labels=["pattern", "outcome"],
         )
-        rows = session.execute(
-            select(
-                Phase6Metric.failure_pattern_detected, Phase6Metric.mitigation_fixed, func.count()
-            )
-            .where(Phase6Metric.failure_pattern_detected.is_not(None))
-            .group_by(Phase6Metric.failure_pattern_detected, Phase6Metric.mitigation_fixed)
-        ).tuples()
-        outcomes = {True: "fixed", False: "not_fixed", None: "pending"}
-        for pattern, fixed, count in rows:
-            counter.add_metric([str(pattern), outcomes[fixed]], int(count))
+        per_pattern: dict[str, list[int]] = {}
+        for group in rollups.phase6_rolled(session):  # all hours: counters since the beginning
+            if group.pattern:
+                counts = per_pattern.setdefault(group.pattern, [0, 0, 0])
+                counts[0] += group.fixed
+                counts[1] += group.decided - group.fixed
+                counts[2] += group.n - group.decided
+        for pattern, counts in sorted(per_pattern.items()):
+            for outcome, count in zip(("fixed", "not_fixed", "pending"), counts, strict=True):
+                if count:
+                    counter.add_metric([pattern, outcome], count)
         yield counter
 
     def _llm(self, session: Session) -> Iterator[Any]:
         calls = CounterMetricFamily(
             "autopack_doctor_calls", "Doctor calls by action.", labels=["action"]
         )
+        h = LlmUsageHourly
         rows = session.execute(
-            select(LlmUsageEvent.action, func.count())
-            .where(LlmUsageEvent.is_doctor_call.is_(True))
-            .group_by(LlmUsageEvent.action)
+            select(h.action, func.sum(h.calls))
+            .where(h.is_doctor_call.is_(True))
+            .group_by(h.action)
+            .order_by(h.action)
         ).tuples()
         for action, count in rows:
             calls.add_metric([action or "none"], int(count))
@@ -153,11 +157,9 @@ class AutopackCollector(Collector):
             "autopack_llm_tokens", "LLM tokens spent by role and model.", labels=["role", "model"]
         )
         totals = session.execute(
-            select(
-                LlmUsageEvent.role,
-                LlmUsageEvent.model,
-                func.coalesce(func.sum(LlmUsageEvent.total_tokens), 0),
-            ).group_by(LlmUsageEvent.role, LlmUsageEvent.model)
+            select(h.role, h.model, func.sum(h.total_tokens))
+            .group_by(h.role, h.model)
+            .order_by(h.role, h.model)
         ).tuples()
         for role, model, total in totals:
             tokens.add_metric([str(role), str(model)], int(total))

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
+from shared.metrics import rollups
 from shared.metrics.schemas import (
     ArtifactTokensAvoided,
     CoverageBucket,
@@ -103,42 +104,65 @@ def _scope(
 
 
 def phase6_stats(session: Session, run_id: str) -> Phase6Stats:
-    """The Phase6 view of one run."""
+    """The Phase6 view of one run: one scan of its phase6_metrics rows, grouped in SQL."""
     phases = int(
         session.scalar(select(func.count()).select_from(Phase).where(Phase.run_id == run_id)) or 0
     )
-    row = session.execute(
+    m = Phase6Metric
+
+    def count_if(condition: Any) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    rows = session.execute(
         select(
-            _total(case((Phase6Metric.failure_hardening_triggered.is_(True), 1), else_=0)),
-            _total(case((Phase6Metric.mitigation_fixed.is_(True), 1), else_=0)),
-            _total(case((Phase6Metric.doctor_called.is_(True), 1), else_=0)),
-            _total(case((Phase6Metric.intention_context_injected.is_(True), 1), else_=0)),
-            _total(Phase6Metric.intention_context_chars),
-            func.max(case((Phase6Metric.plan_normalization_used.is_(True), 1), else_=0)),
-        ).where(Phase6Metric.run_id == run_id)
-    ).one()
-    triggered, fixed, doctor_calls, injected, chars, plan_used = row
-    pattern_rows = session.execute(
-        select(Phase6Metric.failure_pattern_detected, func.count())
-        .where(Phase6Metric.run_id == run_id, Phase6Metric.failure_pattern_detected.is_not(None))
-        .group_by(Phase6Metric.failure_pattern_detected)
+            m.failure_pattern_detected,
+            m.estimate_source,
+            m.doctor_call_skipped,
+            func.count(),
+            count_if(m.failure_hardening_triggered.is_(True)),
+            count_if(m.mitigation_fixed.is_(True)),
+            count_if(m.doctor_called.is_(True)),
+            count_if(m.intention_context_injected.is_(True)),
+            func.sum(m.intention_context_chars),
+            func.max(case((m.plan_normalization_used.is_(True), 1), else_=0)),
+            func.sum(m.estimate_coverage_n),
+            func.sum(m.doctor_tokens_avoided_estimate),
+        )
+        .where(m.run_id == run_id)
+        .group_by(m.failure_pattern_detected, m.estimate_source, m.doctor_call_skipped)
     ).all()
-    patterns = {str(pattern): int(count) for pattern, count in pattern_rows}
-    avoided = doctor_tokens_avoided(session, run_id=run_id)
+    triggered = fixed = doctor_calls = injected = chars = skipped = tokens = 0
+    plan_used = False
+    patterns: dict[str, int] = {}
+    coverage: dict[str, CoverageBucket] = {}
+    for pattern, source, was_skipped, n, trig, fix, called, inj, ch, plan, cov_n, tok in rows:
+        n = int(n)
+        triggered, fixed = triggered + int(trig or 0), fixed + int(fix or 0)
+        doctor_calls, injected = doctor_calls + int(called or 0), injected + int(inj or 0)
+        chars += int(ch or 0)
+        plan_used = plan_used or bool(plan)
+        if pattern is not None:
+            patterns[str(pattern)] = patterns.get(str(pattern), 0) + n
+        if was_skipped:
+            bucket = coverage.setdefault(source or "unknown", CoverageBucket())
+            bucket.count += n
+            bucket.total_n += int(cov_n or 0)
+            skipped += n
+            tokens += int(tok or 0)
     return Phase6Stats(
         run_id=run_id,
         total_phases=phases,
-        failure_hardening_triggered_count=int(triggered),
+        failure_hardening_triggered_count=triggered,
         patterns_detected=patterns,
-        mitigations_fixed=int(fixed),
-        doctor_calls_made=int(doctor_calls),
-        doctor_calls_skipped=avoided.calls_skipped,
-        total_doctor_tokens_avoided_estimate=avoided.estimate_total,
-        estimate_coverage_stats=avoided.coverage,
-        intention_context_injected_count=int(injected),
-        intention_context_total_chars=int(chars),
-        intention_context_avg_chars=round(int(chars) / int(injected), 1) if injected else 0.0,
-        plan_normalization_used=bool(plan_used),
+        mitigations_fixed=fixed,
+        doctor_calls_made=doctor_calls,
+        doctor_calls_skipped=skipped,
+        total_doctor_tokens_avoided_estimate=tokens,
+        estimate_coverage_stats=coverage,
+        intention_context_injected_count=injected,
+        intention_context_total_chars=chars,
+        intention_context_avg_chars=round(chars / injected, 1) if injected else 0.0,
+        plan_normalization_used=plan_used,
     )
 
 
@@ -170,7 +194,11 @@ def token_efficiency(session: Session, run_id: str) -> TokenEfficiency:
 
 
 def summary(session: Session, since: datetime, top: int = 10) -> DashboardSummary:
-    """Everything since a time: runs by status, phase and attempt counts, categories, patterns."""
+    """Everything since a time: runs by status, phase and attempt counts, categories, patterns.
+
+    The metric categories are read from the hourly rollups for every whole hour of the window and
+    from the raw rows only for its partial first hour, so the cost does not grow with the window.
+    """
     runs = {
         str(status): int(count)
         for status, count in session.execute(
@@ -190,35 +218,65 @@ def summary(session: Session, since: datetime, top: int = 10) -> DashboardSummar
         session.scalar(select(func.count()).select_from(Attempt).where(Attempt.started_at >= since))
         or 0
     )
-    pattern_rows = session.execute(
-        select(
-            Phase6Metric.failure_pattern_detected,
-            func.count(),
-            _total(case((Phase6Metric.mitigation_fixed.is_(True), 1), else_=0)),
+    hour = rollups.first_whole_hour(since)
+    llm = rollups.llm_totals_raw(session, since, hour) + rollups.llm_totals_rolled(session, hour)
+    saved, substitutions = (
+        a + b
+        for a, b in zip(
+            rollups.artifacts_raw(session, since, hour),
+            rollups.artifacts_rolled(session, hour),
+            strict=True,
         )
-        .where(Phase6Metric.created_at >= since, Phase6Metric.failure_pattern_detected.is_not(None))
-        .group_by(Phase6Metric.failure_pattern_detected)
-        .order_by(func.count().desc(), Phase6Metric.failure_pattern_detected)
-        .limit(top)
-    ).all()
-    settled = session.execute(
-        select(
-            _total(case((Phase6Metric.mitigation_fixed.is_(True), 1), else_=0)),
-            _total(case((Phase6Metric.mitigation_fixed.is_not(None), 1), else_=0)),
-        ).where(Phase6Metric.created_at >= since)
-    ).one()
-    fixed, decided = int(settled[0]), int(settled[1])
+    )
+    groups = rollups.merge_phase6(
+        rollups.phase6_raw(session, since, hour), rollups.phase6_rolled(session, hour)
+    )
+    patterns, rate, avoided = _phase6_window(groups, top)
     return DashboardSummary(
         since=since,
         runs=runs,
         phases=phases,
         attempts=attempts,
-        tokens_spent=tokens_spent(session, since=since),
-        artifact_tokens_avoided=artifact_tokens_avoided(session, since=since),
-        doctor_tokens_avoided=doctor_tokens_avoided(session, since=since),
-        top_failure_patterns=[
-            PatternCount(pattern_id=str(p), triggered=int(c), fixed=int(f))
-            for p, c, f in pattern_rows
-        ],
-        mitigation_success_rate=round(fixed / decided, 4) if decided else None,
+        tokens_spent=TokensSpent(
+            total_tokens=llm.total_tokens,
+            prompt_tokens=llm.prompt_tokens,
+            completion_tokens=llm.completion_tokens,
+            doctor_tokens=llm.doctor_tokens,
+            llm_calls=llm.calls,
+            doctor_calls=llm.doctor_calls,
+            cost_usd=round(llm.cost_usd, 6) if llm.cost_usd is not None else None,
+        ),
+        artifact_tokens_avoided=ArtifactTokensAvoided(
+            tokens_saved=saved, substitutions=substitutions
+        ),
+        doctor_tokens_avoided=avoided,
+        top_failure_patterns=patterns,
+        mitigation_success_rate=rate,
     )
+
+
+def _phase6_window(
+    groups: list[rollups.Phase6Group], top: int
+) -> tuple[list[PatternCount], float | None, DoctorTokensAvoided]:
+    """Top patterns, mitigation success rate and category 3 from Phase6 groups."""
+    per_pattern: dict[str, list[int]] = {}
+    fixed = decided = skipped = tokens = 0
+    coverage: dict[str, CoverageBucket] = {}
+    for g in groups:
+        fixed += g.fixed
+        decided += g.decided
+        if g.pattern:
+            counts = per_pattern.setdefault(g.pattern, [0, 0])
+            counts[0] += g.n
+            counts[1] += g.fixed
+        if g.skipped and g.n:
+            bucket = coverage.setdefault(g.source or "unknown", CoverageBucket())
+            bucket.count += g.n
+            bucket.total_n += g.coverage_n
+            skipped += g.n
+            tokens += g.tokens
+    ranked = sorted(per_pattern.items(), key=lambda item: (-item[1][0], item[0]))[:top]
+    patterns = [PatternCount(pattern_id=p, triggered=c, fixed=f) for p, (c, f) in ranked if c]
+    rate = round(fixed / decided, 4) if decided else None
+    avoided = DoctorTokensAvoided(estimate_total=tokens, calls_skipped=skipped, coverage=coverage)
+    return patterns, rate, avoided

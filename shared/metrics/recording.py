@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.failures import FailureInfo
-from shared.models import ErrorLog, LlmUsageEvent, Phase6Metric, TokenEfficiencyMetric
+from shared.metrics import rollups
+from shared.models import ErrorLog, LlmUsageEvent, Phase6Metric, TokenEfficiencyMetric, utcnow
 
 
 def record_error(
@@ -41,33 +42,40 @@ def record_error(
 
 
 def record_phase6(session: Session, **fields: Any) -> Phase6Metric:
-    """One Phase6 row (fields are Phase6Metric columns)."""
-    row = Phase6Metric(**fields)
+    """One Phase6 row (fields are Phase6Metric columns), counted in its hourly rollup."""
+    row = Phase6Metric(**{"created_at": utcnow(), **fields})
     session.add(row)
     session.flush()
+    rollups.add_phase6(session, row)
     return row
 
 
 def mark_mitigation_outcome(session: Session, row_id: int, fixed: bool) -> None:
     """After the retry that followed a mitigation: did it pass?"""
-    session.execute(
-        update(Phase6Metric).where(Phase6Metric.id == row_id).values(mitigation_fixed=fixed)
-    )
+    row = session.scalars(
+        select(Phase6Metric).where(Phase6Metric.id == row_id).with_for_update()
+    ).one()
+    before = row.mitigation_fixed
+    row.mitigation_fixed = fixed
+    session.flush()
+    rollups.settle_phase6(session, row, before)
 
 
 def record_llm_usage(session: Session, **fields: Any) -> LlmUsageEvent:
-    """One LLM call (fields are LlmUsageEvent columns)."""
-    row = LlmUsageEvent(**fields)
+    """One LLM call (fields are LlmUsageEvent columns), counted in its hourly rollup."""
+    row = LlmUsageEvent(**{"created_at": utcnow(), **fields})
     session.add(row)
     session.flush()
+    rollups.add_llm_usage(session, row)
     return row
 
 
 def record_token_efficiency(session: Session, **fields: Any) -> TokenEfficiencyMetric:
-    """How one LLM context was budgeted."""
-    row = TokenEfficiencyMetric(**fields)
+    """How one LLM context was budgeted, counted in its hourly rollup."""
+    row = TokenEfficiencyMetric(**{"created_at": utcnow(), **fields})
     session.add(row)
     session.flush()
+    rollups.add_token_efficiency(session, row)
     return row
 
 

@@ -125,6 +125,8 @@ def test_services_refuse_unmigrated_database(embedded_env: dict[str, str]) -> No
         assert upgraded.returncode == 0 and "database at revision" in upgraded.stdout
         head = head_revision(Settings())
         assert f"current: {head}  head: {head}" in autopack("db", "current", env=env).stdout
+        rebuilt = autopack("db", "rebuild-rollups", env=env)
+        assert rebuilt.returncode == 0 and "llm_usage_hourly: 0 row(s)" in rebuilt.stdout
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -52,7 +52,10 @@ def run_command(
     except Conflict as error:
         fail(str(error))
     live = LiveRun.for_phases(run_id, [p.id for p in spec.phases])
-    executor = RunExecutor(settings, sessions, worker_identity(), observer=live)
+    # One run, in this process: if its concurrency key is full, it waits here for a slot.
+    executor = RunExecutor(
+        settings, sessions, worker_identity(), observer=live, wait_for_admission=True
+    )
     try:
         with Live(live, console=console, refresh_per_second=4, transient=True):
             executor.execute(run_id)

@@ -363,7 +363,9 @@ class LocalDriver:
             phases = len(repository.get_run_detail(session, run_id).phases)
         observer = _ItemObserver(item, phases)
         try:
-            RunExecutor(self.settings, self.sessions, worker_identity(), observer).execute(run_id)
+            RunExecutor(
+                self.settings, self.sessions, worker_identity(), observer, wait_for_admission=True
+            ).execute(run_id)  # a run whose concurrency key is full waits here for a slot
         except AutopackError:
             self._read(item, run_id)
             if item.status not in TERMINAL_RUN_STATUSES:

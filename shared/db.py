@@ -44,6 +44,10 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        # A connect to an unreachable server fails in bounded time, so write retries keep to budget.
+        kwargs.setdefault("connect_args", {"connect_timeout": 10})
+    # Stale pooled connections (after a database restart or outage) are replaced on checkout.
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)

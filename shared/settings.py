@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_request_bytes: int = 1_048_576
+    # Database connections the API keeps open: sized to the request thread pool (40) so a burst
+    # never opens and closes overflow connections per request.
+    api_db_pool_size: int = Field(default=20, ge=1, le=200)
+    # How often a long poll (GET /runs/{id}/status?wait_s=) re-reads a run nothing woke it for.
+    long_poll_recheck_s: float = Field(default=1.0, gt=0, le=60)
 
     lease_ttl_s: float = 60.0
     heartbeat_interval_s: float = 10.0
@@ -51,6 +56,9 @@ class Settings(BaseSettings):
     # A run queued this long while its queue holds fewer messages than queued runs is re-sent.
     requeue_after_s: float = 60.0
     kill_grace_s: float = 5.0
+    # How long a worker retries a write of a run's progress while the database is unreachable
+    # (None: min(30, lease_ttl_s / 2), so it gives up before its lease could expire).
+    db_retry_s: float | None = None
     # Resource limits of every phase process (via util-linux prlimit); None leaves the worker's own.
     phase_cpu_seconds: int | None = None
     phase_memory_mb: int | None = None
@@ -62,6 +70,16 @@ class Settings(BaseSettings):
     output_tail_bytes: int = 8192
     max_log_bytes: int = 1_048_576
     keep_failed_worktrees: bool = False
+    # Finished runs' worktrees, run branches and checkpoint refs (mirror and origin) are removed this
+    # long after the run ended, by the reconciler of each worker, every retention_interval_s.
+    retention_s: float = 7 * 24 * 3600
+    retention_interval_s: float = 300.0
+    # When this host's worktrees exceed it, finished runs' worktrees go first (oldest-finished
+    # first), even within retention; running runs are never touched. None: no budget. MB = 2**20 B.
+    workspace_disk_budget_mb: int | None = Field(default=None, ge=1)
+    # A phase that grows its run's worktree beyond this is stopped and the run fails (runs may set a
+    # lower budgets.max_disk_mb). None: unlimited.
+    run_disk_limit_mb: int | None = Field(default=None, ge=1)
     # Push each checkpoint to the origin (refs/autopack/checkpoints/<run_id>) so a worker on another
     # host can resume the run; needs an origin that accepts pushes from workers.
     checkpoint_push: bool = False
@@ -136,6 +154,13 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'autopack.db'}"
+
+    @property
+    def effective_db_retry_s(self) -> float:
+        """The write-retry budget: the configured one, else min(30, lease_ttl_s / 2)."""
+        if self.db_retry_s is not None:
+            return max(self.db_retry_s, 0.0)
+        return min(30.0, self.lease_ttl_s / 2)
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -47,6 +47,8 @@ def create_celery(settings: Settings, queues: list[str] | None = None) -> Celery
     """A configured worker app with the task registered."""
     app = Celery("autopack")
     app.conf.update(celery_config(settings))
+    # Executors send runs waiting for a concurrency key through this app once a slot frees.
+    runtime_module.use_dispatcher(CeleryDispatcher(app, settings.queue))
 
     @app.task(name=TASK_EXECUTE_RUN, ignore_result=True)  # type: ignore[untyped-decorator]
     def execute_run(run_id: str) -> str | None:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repos
 from shared.db import transaction
+from shared.dispatch import Dispatcher
 from shared.errors import LeaseLost
 from shared.intention import check_drift, describe_phase_change
 from shared.logs import log_context
@@ -25,12 +26,14 @@ from shared.metrics import recording
 from shared.models import Phase, Run, utcnow
 from shared.plans import DEFAULT_MIN_CONFIDENCE, accept, normalize_plan
 from shared.redaction import redact_file, secret_values
-from shared.runs import service
+from shared.runs import concurrency, service
+from shared.runs.concurrency import Admission
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from shared.scope import outside_scope
 from shared.settings import Settings
 from workers import leases
-from workers.changes import changed_paths
+from workers.changes import ChangedPath, changed_paths
+from workers.disk import DiskLimit, effective_limit_mb
 from workers.doctor.doctor import Doctor
 from workers.hardening.base import RetryOverrides
 from workers.hardening.registry import PatternRegistry
@@ -88,6 +91,10 @@ class RunExecutor:
     sessions: sessionmaker[Session]
     owner: str
     observer: ExecutionObserver = NullObserver()  # noqa: RUF009 - stateless default
+    # Sends runs waiting for a concurrency key once a slot frees (workers); None in embedded mode.
+    dispatcher: Dispatcher | None = None
+    # Embedded mode: a run waiting for its concurrency key waits in execute() instead of returning.
+    wait_for_admission: bool = False
 
     def __post_init__(self) -> None:
         self.workspaces = Workspaces(self.settings)
@@ -98,12 +105,70 @@ class RunExecutor:
         """Run it to the end if this call wins the lease; None when the delivery is a no-op."""
         with transaction(self.sessions) as session:
             service.expire_queue_waits(session)  # a run that waited too long never starts
-        with transaction(self.sessions) as session:
-            lease = leases.acquire(session, run_id, self.owner, self.settings.lease_ttl_s)
+        lease, admission = self._admit_and_lease(run_id)
         if lease is None:
-            logger.info("run %s is finished or held by a live worker; delivery ignored", run_id)
+            self._not_started(run_id, admission)
             return None
-        with log_context(run_id=run_id, lease_token=lease.token):
+        try:
+            return self._run_leased(lease)
+        finally:
+            self._kick(admission.key)  # a slot of its concurrency key may have freed
+
+    def _admit_and_lease(self, run_id: str) -> tuple[Lease | None, Admission]:
+        """Admit the run under its concurrency key and take its lease, in one transaction.
+
+        Embedded mode (wait_for_admission) has no broker to send a waiting run again, so it waits here.
+        """
+        while True:
+            with transaction(self.sessions) as session:
+                admission = concurrency.admit(session, run_id)
+                lease = (
+                    leases.acquire(session, run_id, self.owner, self.settings.lease_ttl_s)
+                    if admission.admitted
+                    else None
+                )
+            if admission.superseded:
+                logger.info(
+                    "run %s supersedes %s on concurrency key %r (on_conflict: cancel_running)",
+                    run_id,
+                    ", ".join(admission.superseded),
+                    admission.key,
+                )
+            if lease is not None or not (admission.waiting and self.wait_for_admission):
+                return lease, admission
+            logger.info("run %s is %s", run_id, admission.reason)
+            time.sleep(min(2.0, max(0.1, self.settings.heartbeat_interval_s)))
+            with transaction(self.sessions) as session:
+                service.expire_queue_waits(session)
+
+    def _not_started(self, run_id: str, admission: Admission) -> None:
+        """Log why a delivery did not start its run and send the runs its key has room for."""
+        if admission.waiting:
+            logger.info(
+                "run %s is %s; it is sent again when a slot frees", run_id, admission.reason
+            )
+        elif admission.cancelled:
+            logger.info("run %s cancelled: %s", run_id, admission.reason)
+        else:
+            logger.info("run %s is finished or held by a live worker; delivery ignored", run_id)
+        self._kick(admission.key)
+
+    def _kick(self, key: str | None) -> None:
+        """Send the runs waiting for key that could start now (never fails the delivery)."""
+        if key is None or self.dispatcher is None:
+            return
+        try:
+            concurrency.kick(self.sessions, self.dispatcher, key)
+        except Exception:
+            logger.warning(
+                "could not send the runs waiting for concurrency key %r; the sweeper will",
+                key,
+                exc_info=True,
+            )
+
+    def _run_leased(self, lease: Lease) -> str | None:
+        """Execute the run under its lease and heartbeat; None when it was abandoned or taken over."""
+        with log_context(run_id=lease.run_id, lease_token=lease.token):
             logger.info("lease acquired")
             heartbeat = Heartbeat(
                 self.sessions, lease, self.settings.lease_ttl_s, self.settings.heartbeat_interval_s
@@ -127,7 +192,7 @@ class RunExecutor:
                     return self._fail_internal(lease, error)
 
     def _execute_leased(self, lease: Lease, heartbeat: Heartbeat) -> str:
-        ledger = Ledger(self.sessions, lease)
+        ledger = Ledger(self.sessions, lease, self.settings.effective_db_retry_s)
         for host, pgid in ledger.begin_run():
             if host == socket.gethostname() and pgid and kill_group(pgid):
                 logger.info("killed process group %s left by a dead worker", pgid)
@@ -163,11 +228,14 @@ class RunExecutor:
                 status, reason = RunStatus.TIMED_OUT, deadline_reason
                 break
             phase_reason = self._run_phase(ledger, heartbeat, run, phase, worktree)
+            changes = changed_paths(worktree) if phase_reason is None else []
             if phase_reason is None:
-                phase_reason = self._check_drift(ledger, run, phase, worktree)
+                phase_reason = self._check_drift(ledger, run, phase, worktree, changes)
             if phase_reason is None:
                 checkpoint = self.workspaces.commit_checkpoint(
-                    worktree, f"autopack: phase {phase.phase_id} of run {run.id}"
+                    worktree,
+                    f"autopack: phase {phase.phase_id} of run {run.id}",
+                    changed=bool(changes),
                 )
                 ledger.phase_succeeded(phase.pk, checkpoint)
                 if self.settings.checkpoint_push:
@@ -192,7 +260,7 @@ class RunExecutor:
                 status, reason = RunStatus.TIMED_OUT, f"phase {phase.phase_id}: {deadline_reason}"
             break
         head = self.workspaces.head(worktree)
-        diffstat = self.workspaces.diffstat(worktree, base, head)
+        diffstat = "" if head == base else self.workspaces.diffstat(worktree, base, head)
         ledger.finish_run(status, reason=reason, result_commit=head, diffstat=diffstat)
         logger.info("run finished: %s", status)
         if (
@@ -261,8 +329,11 @@ class RunExecutor:
                 recovery.settle_previous(state, succeeded)
                 decision = None
                 if not succeeded and step.status != AttemptStatus.CANCELLED:
-                    decision = recovery.after_failure(
-                        run, phase, step.failed(failures + 1 < phase.max_attempts), state
+                    failed = step.failed(failures + 1 < phase.max_attempts)
+                    decision = (
+                        recovery.record_final(run, phase, failed)
+                        if step.result.disk_exceeded
+                        else recovery.after_failure(run, phase, failed, state)
                     )
                 outcome = self._outcome(step, decision)
                 ledger.finish_attempt(step.attempt_id, outcome)
@@ -276,6 +347,8 @@ class RunExecutor:
                     return None
                 reason = step.reason
                 if step.status == AttemptStatus.CANCELLED or decision is None:
+                    return reason
+                if step.result.disk_exceeded:  # retrying would fill the worktree again
                     return reason
                 if decision.give_up_reason:
                     return f"{reason}; {decision.give_up_reason}"
@@ -309,6 +382,7 @@ class RunExecutor:
             "AUTOPACK_ATTEMPT": str(number),
             "AUTOPACK_WORKTREE": str(worktree),
         }
+        disk_limit_mb = effective_limit_mb(self.settings, run.spec.get("budgets"))
         ctx = AttemptContext(
             settings=self.settings,
             worktree=worktree,
@@ -317,6 +391,7 @@ class RunExecutor:
             should_stop=heartbeat.stop_reason,
             env=env_extra,
             on_spawn=functools.partial(ledger.record_process, attempt_id),
+            disk_limit=DiskLimit(worktree, disk_limit_mb) if disk_limit_mb else None,
         )
         started = time.monotonic()
         result = runner.run(spec, ctx)
@@ -348,7 +423,9 @@ class RunExecutor:
         """Record an unexpected error as the run's failure (best effort) and clean up."""
         reason = f"internal error: {type(error).__name__}: {str(error)[:300]}"
         try:
-            Ledger(self.sessions, lease).finish_run(RunStatus.FAILED, reason=reason)
+            Ledger(self.sessions, lease, self.settings.effective_db_retry_s).finish_run(
+                RunStatus.FAILED, reason=reason
+            )
         except Exception:
             logger.exception("could not record the internal error; the lease will expire")
             return None
@@ -366,18 +443,23 @@ class RunExecutor:
         refusal = accept(plan, DEFAULT_MIN_CONFIDENCE, force=run.spec.get("plan_policy") == "force")
         if refusal is None and len(plan.phases) > MAX_PHASES:
             refusal = f"the plan normalizes to {len(plan.phases)} phases; a run may have at most {MAX_PHASES}"
-        with ledger.fenced() as session:
-            recording.record_phase6(
-                session,
-                run_id=run.id,
-                phase_id="_plan",
-                plan_normalization_used=True,
-                plan_normalization_confidence=round(plan.confidence, 3),
-                plan_normalization_warnings=len(plan.warnings),
-                plan_deliverables_count=len(plan.deliverables),
-                plan_scope_size_bytes=plan.scope_size_bytes,
-                phase_outcome="refused" if refusal else "normalized",
-            )
+        try:
+            with ledger.fenced() as session:
+                recording.record_phase6(
+                    session,
+                    run_id=run.id,
+                    phase_id="_plan",
+                    plan_normalization_used=True,
+                    plan_normalization_confidence=round(plan.confidence, 3),
+                    plan_normalization_warnings=len(plan.warnings),
+                    plan_deliverables_count=len(plan.deliverables),
+                    plan_scope_size_bytes=plan.scope_size_bytes,
+                    phase_outcome="refused" if refusal else "normalized",
+                )
+        except LeaseLost:
+            raise
+        except Exception:  # telemetry never fails a run
+            logger.warning("could not record the plan's metrics; the run goes on", exc_info=True)
         if refusal is not None:
             return f"plan refused (confidence {plan.confidence:.2f}): {refusal}"
         ledger.create_phases(plan.phases)
@@ -385,14 +467,18 @@ class RunExecutor:
 
     def _cancel_requested(self, run_id: str) -> bool:
         """Read the cancel flag now (the heartbeat only looks every interval)."""
-        with self.sessions() as session:
-            return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+        try:
+            with self.sessions() as session:
+                return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+        except (OperationalError, InterfaceError):
+            return False  # unreachable now: the heartbeat will see the flag, the next write retries
 
-    def _check_drift(self, ledger: Ledger, run: Run, phase: Phase, worktree: Path) -> str | None:
+    def _check_drift(
+        self, ledger: Ledger, run: Run, phase: Phase, worktree: Path, changes: list[ChangedPath]
+    ) -> str | None:
         """Score what a succeeded phase changed against the goal; blocking mode fails it below the threshold."""
         options = run.spec.get("drift") or {}
         mode = options.get("mode", "advisory")
-        changes = changed_paths(worktree)
         if mode == "off" or not changes:
             return None
         outcomes = list((run.spec.get("intention") or {}).get("outcomes") or [])
@@ -450,7 +536,9 @@ class RunExecutor:
             status=step.status,
             exit_code=step.result.exit_code,
             signal=step.result.signal,
-            failure_class=str(decision.failure.failure_class)
+            failure_class="disk_limit"
+            if step.result.disk_exceeded
+            else str(decision.failure.failure_class)
             if decision
             else ("timeout" if step.result.timed_out else None),
             failure_reason=step.reason,

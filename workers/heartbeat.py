@@ -50,6 +50,7 @@ class Heartbeat:
         return None
 
     def _loop(self) -> None:
+        missed = 0
         with log_context(run_id=self.lease.run_id, lease_token=self.lease.token):
             while not self._stop.wait(self.interval_s):
                 try:
@@ -60,6 +61,13 @@ class Heartbeat:
                     logger.warning("lease lost; stopping this run")
                     self.lost.set()
                     return
-                except Exception:
+                except Exception as error:
                     # The database may be briefly unreachable; the lease TTL covers a few misses.
-                    logger.warning("lease renewal failed; will retry", exc_info=True)
+                    # One warning per outage, not one per interval.
+                    missed += 1
+                    if missed == 1:
+                        logger.warning("lease renewal failed; will retry: %s", error)
+                    continue
+                if missed:
+                    logger.info("lease renewed again after %d missed renewal(s)", missed)
+                    missed = 0

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
@@ -16,6 +22,39 @@ from shared.runs.spec import PhaseSpec
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from workers import leases
 from workers.leases import Lease
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# A lost connection, a refused connect, a server restarting: worth retrying the whole transaction.
+RETRYABLE = (OperationalError, InterfaceError)
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 2.0
+
+
+def backoff_s(tries: int) -> float:
+    """Exponential backoff with jitter: between half and all of min(cap, base * 2**(tries-1))."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (tries - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _retried(
+    what: str,
+) -> Callable[[Callable[Concatenate[Ledger, P], T]], Callable[Concatenate[Ledger, P], T]]:
+    """Retry a ledger write (one fenced transaction, written to be idempotent) through an outage."""
+
+    def decorate(
+        method: Callable[Concatenate[Ledger, P], T],
+    ) -> Callable[Concatenate[Ledger, P], T]:
+        @functools.wraps(method)
+        def wrapper(self: Ledger, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            return self.retrying(what, lambda: method(self, *args, **kwargs))
+
+        return wrapper
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -38,9 +77,56 @@ class AttemptOutcome:
 class Ledger:
     """Every write the executor makes, each in its own fenced transaction."""
 
-    def __init__(self, sessions: sessionmaker[Session], lease: Lease) -> None:
+    def __init__(self, sessions: sessionmaker[Session], lease: Lease, retry_s: float = 0.0) -> None:
         self.sessions = sessions
         self.lease = lease
+        self.retry_s = retry_s  # how long a write is retried while the database is unreachable
+        self._outage_since: float | None = None  # monotonic time the current outage was noticed
+        # A succeeded attempt and when it ended, written with its phase's outcome.
+        self._succeeded: tuple[int, AttemptOutcome, datetime] | None = None
+
+    def retrying(self, what: str, call: Callable[[], T]) -> T:
+        """call(), retried with backoff while the database is unreachable, for up to retry_s.
+
+        Each call is a whole transaction, so a retry never sees half of an earlier try; a try whose
+        commit landed but whose reply was lost is retried too, so every write is idempotent. One
+        warning is logged per outage, not per try; LeaseLost and other errors are not retried.
+        """
+        deadline = time.monotonic() + self.retry_s
+        tries = 0
+        while True:
+            try:
+                result = call()
+            except RETRYABLE as error:
+                tries += 1
+                now = time.monotonic()
+                if self._outage_since is None:
+                    self._outage_since = now
+                    logger.warning(
+                        "database unreachable while %s; retrying with backoff for up to %.1fs: %s",
+                        what,
+                        self.retry_s,
+                        _first_line(error),
+                    )
+                if now >= deadline:
+                    logger.warning(
+                        "database still unreachable after %d tries over %.1fs; gave up %s",
+                        tries,
+                        now - self._outage_since,
+                        what,
+                    )
+                    self._outage_since = None
+                    raise
+                time.sleep(min(backoff_s(tries), deadline - now))
+                continue
+            if self._outage_since is not None:
+                logger.info(
+                    "database reachable again after %.1fs (%s)",
+                    time.monotonic() - self._outage_since,
+                    what,
+                )
+                self._outage_since = None
+            return result
 
     @contextmanager
     def fenced(self) -> Iterator[Session]:
@@ -49,6 +135,7 @@ class Ledger:
             leases.fence(session, self.lease)
             yield session
 
+    @_retried("writing the run's start")
     def begin_run(self) -> list[tuple[str | None, int | None]]:
         """Record the start time and mark attempts of earlier lease holders as lost.
 
@@ -83,6 +170,7 @@ class Ledger:
             )
         return [(host, pgid) for host, pgid in lost]
 
+    @_retried("writing the plan's phases")
     def create_phases(self, phases: list[dict[str, Any]]) -> None:
         """Insert the phases a normalized plan produced (only while the run has none)."""
         with self.fenced() as session:
@@ -108,6 +196,7 @@ class Ledger:
                     )
                 )
 
+    @_retried("writing the base commit")
     def set_base(self, base_commit: str) -> None:
         """Remember the commit the run started from."""
         with self.fenced() as session:
@@ -115,15 +204,26 @@ class Ledger:
                 update(Run).where(Run.id == self.lease.run_id).values(base_commit=base_commit)
             )
 
+    @_retried("writing the attempt's process group")
     def record_process(self, attempt_id: int, pgid: int) -> None:
         """Remember the process group of the attempt's running command."""
         with self.fenced() as session:
             session.execute(update(Attempt).where(Attempt.id == attempt_id).values(pgid=pgid))
 
+    @_retried("writing the attempt's start")
     def start_attempt(self, phase_pk: int, number: int, commands: list[str], host: str) -> int:
         """Insert a running attempt and mark its phase running; returns the attempt id."""
         now = utcnow()
         with self.fenced() as session:
+            existing = session.scalar(
+                select(Attempt.id).where(
+                    Attempt.phase_pk == phase_pk,
+                    Attempt.number == number,
+                    Attempt.lease_token == self.lease.token,
+                )
+            )
+            if existing is not None:
+                return existing  # an earlier try committed, and only its reply was lost
             phase = session.get(Phase, phase_pk)
             assert phase is not None
             phase.status = PhaseStatus.RUNNING
@@ -144,29 +244,28 @@ class Ledger:
             session.flush()
             return attempt.id
 
+    @_retried("writing the attempt's outcome")
     def finish_attempt(self, attempt_id: int, outcome: AttemptOutcome) -> None:
-        """Store how an attempt ended and its full output."""
-        with self.fenced() as session:
-            attempt = session.get(Attempt, attempt_id)
-            assert attempt is not None
-            attempt.status = outcome.status
-            attempt.finished_at = utcnow()
-            attempt.exit_code = outcome.exit_code
-            attempt.signal = outcome.signal
-            attempt.failure_class = outcome.failure_class
-            attempt.failure_reason = outcome.failure_reason
-            attempt.output_tail = outcome.output_tail
-            attempt.log_path = outcome.log_path
-            attempt.mitigation = outcome.mitigation
-            session.add(
-                AttemptLog(
-                    attempt_id=attempt_id,
-                    content=outcome.log_content,
-                    truncated=outcome.log_truncated,
-                    size_bytes=outcome.log_size,
-                )
-            )
+        """Store how an attempt ended and its full output.
 
+        A succeeded attempt is stored together with its phase's outcome (phase_succeeded, or
+        phase_failed/phase_cancelled when drift blocks it), in the same transaction: a worker that
+        dies in between leaves the attempt running, to be recorded lost when the run is resumed,
+        and never a succeeded attempt on a phase that then runs again.
+        """
+        now = utcnow()
+        if outcome.status == AttemptStatus.SUCCEEDED:
+            self._succeeded = (attempt_id, outcome, now)
+            return
+        with self.fenced() as session:
+            _store_attempt(session, attempt_id, outcome, now)
+
+    def _store_succeeded(self, session: Session) -> None:
+        """Write the succeeded attempt waiting for its phase's outcome, if there is one."""
+        if self._succeeded is not None:
+            _store_attempt(session, *self._succeeded)
+
+    @_retried("writing the phase's drift score")
     def record_drift(self, phase_pk: int, score: float, flagged: bool) -> None:
         """Store a phase's goal-drift score."""
         with self.fenced() as session:
@@ -176,10 +275,12 @@ class Ledger:
                 .values(drift_score=round(score, 4), drift_flagged=flagged)
             )
 
+    @_retried("writing the phase's success")
     def phase_succeeded(self, phase_pk: int, checkpoint: str) -> None:
         """Mark a phase done and move the run's checkpoint to its commit."""
         now = utcnow()
         with self.fenced() as session:
+            self._store_succeeded(session)
             session.execute(
                 update(Phase)
                 .where(Phase.pk == phase_pk)
@@ -188,11 +289,14 @@ class Ledger:
             session.execute(
                 update(Run).where(Run.id == self.lease.run_id).values(checkpoint_commit=checkpoint)
             )
+        self._succeeded = None
 
+    @_retried("writing the phase's cancellation")
     def phase_cancelled(self, phase_pk: int) -> None:
         """Mark a phase and every phase after it cancelled."""
         now = utcnow()
         with self.fenced() as session:
+            self._store_succeeded(session)
             session.execute(
                 update(Phase)
                 .where(Phase.pk == phase_pk)
@@ -210,11 +314,14 @@ class Ledger:
                 )
                 .values(status=PhaseStatus.CANCELLED, finished_at=now)
             )
+        self._succeeded = None
 
+    @_retried("writing the phase's failure")
     def phase_failed(self, phase_pk: int, reason: str) -> None:
         """Mark a phase failed and every phase still pending skipped."""
         now = utcnow()
         with self.fenced() as session:
+            self._store_succeeded(session)
             session.execute(
                 update(Phase)
                 .where(Phase.pk == phase_pk)
@@ -228,7 +335,9 @@ class Ledger:
                 )
                 .values(status=PhaseStatus.SKIPPED, finished_at=now)
             )
+        self._succeeded = None
 
+    @_retried("writing the run's outcome")
     def finish_run(
         self,
         status: RunStatus,
@@ -248,6 +357,22 @@ class Ledger:
             "lease_expires_at": None,
         }
         with self.fenced() as session:
+            # Nothing of an ended run stays running (an internal error can stop it between an
+            # attempt's end and its phase's).
+            session.execute(
+                update(Attempt)
+                .where(Attempt.run_id == self.lease.run_id, Attempt.status == AttemptStatus.RUNNING)
+                .values(
+                    status=AttemptStatus.FAILED,
+                    finished_at=now,
+                    failure_reason=f"the run ended ({reason or status}) before this attempt was recorded",
+                )
+            )
+            session.execute(
+                update(Phase)
+                .where(Phase.run_id == self.lease.run_id, Phase.status == PhaseStatus.RUNNING)
+                .values(status=PhaseStatus.FAILED, finished_at=now)
+            )
             written = session.execute(
                 update(Run)
                 .where(Run.id == self.lease.run_id, Run.status == RunStatus.RUNNING)
@@ -260,7 +385,13 @@ class Ledger:
                     .where(Run.id == self.lease.run_id, Run.status == RunStatus.CANCELLING)
                     .values(
                         status=RunStatus.CANCELLED,
-                        **{**values, "failure_reason": reason or "cancelled by request"},
+                        # A reason given with the request (a superseding run's) is kept.
+                        **{
+                            **values,
+                            "failure_reason": func.coalesce(
+                                Run.failure_reason, reason or "cancelled by request"
+                            ),
+                        },
                     )
                 )
                 session.execute(
@@ -272,6 +403,7 @@ class Ledger:
                     .values(status=PhaseStatus.CANCELLED, finished_at=now)
                 )
 
+    @_retried("reading the run")
     def load_run(self) -> tuple[Run, list[Phase]]:
         """A detached snapshot of the run and its phases, with attempts loaded."""
         with self.sessions() as session:
@@ -286,3 +418,33 @@ class Ledger:
                 _ = phase.attempts
             session.expunge_all()
             return run, phases
+
+
+def _store_attempt(
+    session: Session, attempt_id: int, outcome: AttemptOutcome, finished_at: datetime
+) -> None:
+    """Write an attempt's end and its log (idempotent: a retry after a landed commit is a no-op)."""
+    attempt = session.get(Attempt, attempt_id)
+    assert attempt is not None
+    attempt.status = outcome.status
+    attempt.finished_at = finished_at
+    attempt.exit_code = outcome.exit_code
+    attempt.signal = outcome.signal
+    attempt.failure_class = outcome.failure_class
+    attempt.failure_reason = outcome.failure_reason
+    attempt.output_tail = outcome.output_tail
+    attempt.log_path = outcome.log_path
+    attempt.mitigation = outcome.mitigation
+    if session.get(AttemptLog, attempt_id) is None:
+        session.add(
+            AttemptLog(
+                attempt_id=attempt_id,
+                content=outcome.log_content,
+                truncated=outcome.log_truncated,
+                size_bytes=outcome.log_size,
+            )
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

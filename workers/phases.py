@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.settings import Settings
+from workers.disk import DiskLimit
 from workers.patching import PatchRejected, apply_patch
 from workers.process import CommandResult, run_command
 from workers.toolchain import detect_primary
@@ -26,6 +27,7 @@ class AttemptContext:
     should_stop: Callable[[], str | None]
     env: Mapping[str, str]
     on_spawn: Callable[[int], None] | None = None
+    disk_limit: DiskLimit | None = None  # the run's worktree size limit, when it has one
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def run_commands(commands: list[str], spec: Mapping[str, Any], ctx: AttemptConte
                 grace_s=ctx.settings.kill_grace_s,
                 on_spawn=ctx.on_spawn,
                 limits=limits_of(ctx.settings),
+                disk_limit=ctx.disk_limit,
             )
             if not result.ok:
                 return PhaseResult(
@@ -178,6 +181,10 @@ class PatchPhaseRunner:
                 log.write(f"[autopack] {error}\n".encode())
                 return PhaseResult(CommandResult(1, None, False, None), str(error), commands)
             log.write(f"[autopack] patch applied to {', '.join(paths)}\n".encode())
+            excess = ctx.disk_limit.check() if ctx.disk_limit else None
+            if excess:
+                log.write(f"[autopack] {excess}\n".encode())
+                return PhaseResult(CommandResult(0, None, False, excess, True), excess, commands)
         return PhaseResult(CommandResult(0, None, False, None), None, commands)
 
 
@@ -186,6 +193,8 @@ def describe_failure(command: str, result: CommandResult, timeout_s: float) -> s
     short = command if len(command) <= 120 else command[:117] + "..."
     if result.timed_out:
         return f"timed out after {timeout_s:.0f}s: {short}"
+    if result.disk_exceeded:
+        return f"{result.stopped} while running: {short}"
     if result.stopped:
         return f"stopped ({result.stopped}): {short}"
     if result.signal is not None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from workers.disk import DiskLimit
+
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.1
@@ -27,7 +29,8 @@ class CommandResult:
     exit_code: int | None
     signal: int | None
     timed_out: bool
-    stopped: str | None  # why we stopped it early (cancel, lease lost), if we did
+    stopped: str | None  # why we stopped it early (cancel, lease lost, disk limit), if we did
+    disk_exceeded: bool = False  # the worktree grew beyond the run's disk limit
 
     @property
     def ok(self) -> bool:
@@ -89,8 +92,13 @@ def run_command(
     grace_s: float,
     on_spawn: Callable[[int], None] | None = None,
     limits: Mapping[str, int] | None = None,
+    disk_limit: DiskLimit | None = None,
 ) -> CommandResult:
-    """Run command with bash in a new session; output goes straight to the log file."""
+    """Run command with bash in a new session; output goes straight to the log file.
+
+    With disk_limit, the worktree is measured while the command runs and once after it ended; a
+    worktree over the limit stops the group (SIGTERM, then SIGKILL) and marks the result disk_exceeded.
+    """
     log.write(f"$ {command}\n".encode())
     log.flush()
     argv = ["/bin/bash", "-c", command]
@@ -119,7 +127,7 @@ def run_command(
     try:
         if on_spawn is not None:
             on_spawn(process.pid)
-        return _supervise(process, log, timeout_s, should_stop, grace_s)
+        return _supervise(process, log, timeout_s, should_stop, grace_s, disk_limit)
     except BaseException:
         # Interrupted (Ctrl-C, lease lost while recording): never leave the group running.
         terminate_group(process, grace_s)
@@ -160,11 +168,13 @@ def _supervise(
     timeout_s: float,
     should_stop: Callable[[], str | None],
     grace_s: float,
+    disk_limit: DiskLimit | None = None,
 ) -> CommandResult:
-    """Wait for the command, enforcing the deadline and the stop signal."""
+    """Wait for the command, enforcing the deadline, the stop signal and the disk limit."""
     deadline = time.monotonic() + timeout_s
     timed_out = False
     stopped: str | None = None
+    disk_exceeded = False
     while True:
         try:
             process.wait(timeout=POLL_INTERVAL_S)
@@ -175,6 +185,9 @@ def _supervise(
             timed_out = True
         else:
             stopped = should_stop()
+        if not timed_out and not stopped and disk_limit is not None:
+            stopped = disk_limit.poll()
+            disk_exceeded = stopped is not None
         if timed_out or stopped:
             reason = "timeout" if timed_out else stopped
             logger.info("stopping process group %s (%s)", process.pid, reason)
@@ -189,11 +202,17 @@ def _supervise(
     # Background children that outlived the command would leak into the next one.
     _signal_group(process.pid, signal.SIGKILL)
     code = process.returncode
+    if not timed_out and not stopped and disk_limit is not None:
+        # A fast command may fill the worktree between two measurements.
+        stopped = disk_limit.check()
+        disk_exceeded = stopped is not None
     if timed_out:
         log.write(f"\n[autopack] command timed out after {timeout_s:.0f}s\n".encode())
+    elif disk_exceeded:
+        log.write(f"\n[autopack] {stopped}\n".encode())
     elif stopped:
         log.write(f"\n[autopack] command stopped: {stopped}\n".encode())
     log.flush()
     if code is not None and code < 0:
-        return CommandResult(exit_code=None, signal=-code, timed_out=timed_out, stopped=stopped)
-    return CommandResult(exit_code=code, signal=None, timed_out=timed_out, stopped=stopped)
+        return CommandResult(None, -code, timed_out, stopped, disk_exceeded)
+    return CommandResult(code, None, timed_out, stopped, disk_exceeded)

@@ -123,14 +123,7 @@ class Recovery:
         )
         hardening: dict[str, Any] = run.spec.get("hardening") or {}
         doctor_options: dict[str, Any] = run.spec.get("doctor") or {}
-        base_metric = {
-            "run_id": run.id,
-            "phase_id": phase.phase_id,
-            "attempt": attempt.number,
-            "phase_outcome": "timed_out" if attempt.timed_out else "failed",
-            "retry_count": attempt.number - 1,
-            "duration_s": round(attempt.duration_s, 3),
-        }
+        base_metric = _base_metric(run, phase, attempt)
         decision: Decision | None = None
         if hardening.get("enabled", True):
             decision = self._harden(
@@ -154,6 +147,32 @@ class Recovery:
                 else None,
             )
         return decision
+
+    def record_final(self, run: Run, phase: Phase, attempt: FailedAttempt) -> Decision:
+        """A failure that ends the phase whatever follows (the run's disk limit): record it only.
+
+        No pattern, Doctor call or retry is tried: the same commands would fill the worktree again.
+        """
+        failure = classify_failure(
+            exit_code=attempt.exit_code,
+            timed_out=attempt.timed_out,
+            signal=attempt.signal,
+            output_tail=attempt.output,
+            scope_violations=attempt.outside_scope,
+        )
+        with self._metrics("phase6 metrics") as session:
+            recording.record_phase6(session, **_base_metric(run, phase, attempt))
+        with self._metrics("error log") as session:
+            recording.record_error(
+                session,
+                run_id=run.id,
+                phase_id=phase.phase_id,
+                attempt=attempt.number,
+                failure=failure,
+                caught=False,
+                pattern_id=None,
+            )
+        return Decision(failure, counts=True)
 
     def _harden(
         self,
@@ -404,6 +423,18 @@ class Recovery:
                 intention_context_chars=context.intention_chars,
                 intention_context_source=context.intention_source,
             )
+
+
+def _base_metric(run: Run, phase: Phase, attempt: FailedAttempt) -> dict[str, Any]:
+    """The phase6 fields every failed attempt records."""
+    return {
+        "run_id": run.id,
+        "phase_id": phase.phase_id,
+        "attempt": attempt.number,
+        "phase_outcome": "timed_out" if attempt.timed_out else "failed",
+        "retry_count": attempt.number - 1,
+        "duration_s": round(attempt.duration_s, 3),
+    }
 
 
 def _merge(current: RetryOverrides, new: RetryOverrides) -> RetryOverrides:

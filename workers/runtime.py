@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, make_session_factory
+from shared.dispatch import Dispatcher
 from shared.settings import Settings, get_settings
 from workers.executor import RunExecutor, worker_identity
 
@@ -23,13 +24,26 @@ class Runtime:
     executor: RunExecutor
 
 
+_dispatcher: list[Dispatcher] = []  # set once by the Celery app, inherited by forked children
+
+
+def use_dispatcher(dispatcher: Dispatcher) -> None:
+    """How executors of this process send runs waiting for a concurrency key once a slot frees."""
+    _dispatcher[:] = [dispatcher]
+    if runtime.cache_info().currsize:
+        runtime().executor.dispatcher = dispatcher
+
+
 @lru_cache(maxsize=1)
 def runtime() -> Runtime:
     """This process's runtime, built on first use."""
     settings = get_settings()
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
-    return Runtime(settings, engine, sessions, RunExecutor(settings, sessions, worker_identity()))
+    executor = RunExecutor(
+        settings, sessions, worker_identity(), dispatcher=_dispatcher[0] if _dispatcher else None
+    )
+    return Runtime(settings, engine, sessions, executor)
 
 
 def reset_after_fork() -> None:

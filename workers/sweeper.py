@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -14,9 +15,10 @@ from shared.broker import queue_depths
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
-from shared.runs import service
+from shared.runs import concurrency, service
 from shared.runs.states import PhaseStatus, RunStatus
 from shared.settings import Settings
+from workers.retention import clean_up
 from workers.workspace import Workspaces
 
 logger = logging.getLogger(__name__)
@@ -67,13 +69,18 @@ def requeue_lost_messages(
 
     PostgreSQL is the record: when more runs have waited longer than requeue_after_s than the queue
     holds messages, some messages are gone; re-sending all of them is safe because a duplicate
-    delivery finds the lease taken or the run finished and does nothing.
+    delivery finds the lease taken or the run finished and does nothing. Runs with a concurrency key
+    are left to kick_waiting_runs: one waiting for a slot has, by design, no message.
     """
     cutoff = utcnow() - timedelta(seconds=settings.requeue_after_s)
     with sessions() as session:
         rows = session.execute(
             select(Run.id, Run.queue)
-            .where(Run.status == RunStatus.QUEUED, Run.enqueued_at < cutoff)
+            .where(
+                Run.status == RunStatus.QUEUED,
+                Run.enqueued_at < cutoff,
+                Run.concurrency_key.is_(None),
+            )
             .order_by(Run.created_at)
             .limit(1000)
         ).tuples()
@@ -101,6 +108,62 @@ def requeue_lost_messages(
     if sent:
         logger.warning(
             "the broker had lost %d queued run(s); re-sent: %s", len(sent), ", ".join(sent)
+        )
+    return sent
+
+
+def kick_waiting_runs(
+    sessions: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings
+) -> list[str]:
+    """Fallback for concurrency keys: re-send queued runs with a key that could start but have not.
+
+    A run waiting for a slot is sent again by the worker that frees one (concurrency.kick); if that
+    worker died first, or the message was lost, the run would wait forever. This re-sends the
+    admissible waiters (and waiters whose on_conflict must still be decided) whose last message is
+    older than requeue_after_s. Waiters that cannot start yet need no message and are left alone. The
+    conditional update on enqueued_at makes several sweepers send each run once; never-sent runs
+    (enqueued_at NULL) are sweep_once's.
+    """
+    cutoff = utcnow() - timedelta(seconds=settings.requeue_after_s)
+    with sessions() as session:
+        keys = list(
+            session.scalars(
+                select(Run.concurrency_key)
+                .where(Run.status == RunStatus.QUEUED, Run.concurrency_key.is_not(None))
+                .distinct()
+                .limit(500)
+            )
+        )
+    sent = []
+    for key in keys:
+        if key is None:
+            continue
+        with sessions() as session:
+            due = [
+                w
+                for w in concurrency.waiters(session, key)
+                if (w.admissible or w.on_conflict != concurrency.QUEUE)
+                and w.enqueued_at is not None
+                and w.enqueued_at < cutoff
+            ]
+        for waiter in due:
+            with transaction(sessions) as session:
+                claimed = session.execute(
+                    update(Run)
+                    .where(
+                        Run.id == waiter.run_id,
+                        Run.status == RunStatus.QUEUED,
+                        Run.enqueued_at < cutoff,
+                    )
+                    .values(enqueued_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # type: ignore[attr-defined]
+            if claimed:
+                dispatcher.enqueue_run(waiter.run_id, waiter.queue)
+                sent.append(waiter.run_id)
+    if sent:
+        logger.info(
+            "re-sent %d run(s) waiting for a concurrency key: %s", len(sent), ", ".join(sent)
         )
     return sent
 
@@ -166,6 +229,7 @@ class Sweeper:
         self.sessions, self.dispatcher, self.settings = sessions, dispatcher, settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="autopack-sweeper", daemon=True)
+        self._next_cleanup = 0.0  # time.monotonic() of the next retention pass
 
     def _depth(self, queue: str) -> int:
         return queue_depths(self.settings.broker_url, [queue])[queue]
@@ -182,7 +246,11 @@ class Sweeper:
         while not self._stop.wait(self.settings.sweep_interval_s):
             try:
                 sweep_once(self.sessions, self.dispatcher, self.settings)
-                finish_abandoned_cancellations(self.sessions)
+                abandoned = finish_abandoned_cancellations(self.sessions)
+                with self.sessions() as session:
+                    freed = concurrency.keys_of(session, abandoned)
+                for key in freed:  # their workers are gone: nobody else frees these slots
+                    concurrency.kick(self.sessions, self.dispatcher, key)
                 with transaction(self.sessions) as session:
                     expired = service.expire_queue_waits(session)
                 if expired:
@@ -190,5 +258,17 @@ class Sweeper:
                         "runs not started within their max_queue_wait_s: %s", ", ".join(expired)
                     )
                 requeue_lost_messages(self.sessions, self.dispatcher, self.settings, self._depth)
+                kick_waiting_runs(self.sessions, self.dispatcher, self.settings)
             except Exception:
                 logger.warning("sweep failed; will retry", exc_info=True)
+            self._clean_up_if_due()
+
+    def _clean_up_if_due(self) -> None:
+        """Retention and the disk budget, every retention_interval_s; a failure waits for the next."""
+        if time.monotonic() < self._next_cleanup:
+            return
+        self._next_cleanup = time.monotonic() + self.settings.retention_interval_s
+        try:
+            clean_up(self.sessions, self.settings)
+        except Exception:
+            logger.warning("retention cleanup failed; will retry", exc_info=True)

@@ -121,16 +121,33 @@ class Workspaces:
         """A fresh worktree of commit on the run's branch (a leftover one is replaced)."""
         mirror = self.mirror_path(repo)
         path = self.worktree_path(run_id)
+        add = ["worktree", "add", "-q", "--force", "-B", run_branch(run_id), str(path), commit]
         with self.locked(repo):
             self._remove_locked(mirror, path)
-            git(
-                ["worktree", "add", "-q", "--force", "-B", run_branch(run_id), str(path), commit],
-                git_dir=mirror,
-            )
+            try:
+                git(add, git_dir=mirror)
+            except GitError:
+                # A worktree deleted without git's knowledge still holds the branch: forget it.
+                # Double force also clears one locked by a `worktree add` killed mid-way (prune
+                # skips locked worktrees).
+                git(
+                    ["worktree", "remove", "--force", "--force", str(path)],
+                    git_dir=mirror,
+                    check=False,
+                )
+                shutil.rmtree(path, ignore_errors=True)
+                git(["worktree", "prune"], git_dir=mirror, check=False)
+                git(add, git_dir=mirror)
         return path
 
-    def commit_checkpoint(self, worktree: Path, message: str) -> str:
-        """Commit everything in the worktree to the run branch; returns the new head."""
+    def commit_checkpoint(self, worktree: Path, message: str, *, changed: bool = True) -> str:
+        """Commit everything in the worktree to the run branch; returns the new head.
+
+        changed=False (`git status` found nothing) skips the commit: the head is the checkpoint,
+        including any commit the phase made itself.
+        """
+        if not changed:
+            return self.head(worktree)
         git(["add", "-A", "."], cwd=worktree)
         git(
             ["commit", "-q", "--allow-empty", "--no-verify", "-m", message],
@@ -195,12 +212,18 @@ class Workspaces:
             self._remove_locked(self.mirror_path(repo), self.worktree_path(run_id))
 
     def _remove_locked(self, mirror: Path, path: Path) -> None:
-        if path.exists():
-            git(
-                ["worktree", "remove", "--force", "--force", str(path)], git_dir=mirror, check=False
-            )
+        """Remove a worktree (a path already gone is left to `checkout`'s prune-and-retry)."""
+        if not path.exists():
+            return
+        removed = git(
+            ["worktree", "remove", "--force", "--force", str(path)],
+            git_dir=mirror,
+            check=False,
+            allow_failure=True,
+        )
+        if removed != "ok" or path.exists():
             shutil.rmtree(path, ignore_errors=True)
-        git(["worktree", "prune"], git_dir=mirror, check=False)
+            git(["worktree", "prune"], git_dir=mirror, check=False)
 
     def run_ids_on_disk(self) -> list[str]:
         """Runs that have a worktree on this host."""

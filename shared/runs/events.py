@@ -42,7 +42,13 @@ def _compact(values: dict[str, Any]) -> dict[str, Any]:
 def timeline(session: Session, run: Run) -> list[RunEvent]:
     """Every event of a run in time order (phases and attempts must be loaded)."""
     events = [
-        RunEvent(at=run.created_at, kind="run.created", detail={"repo": run.repo, "ref": run.ref})
+        RunEvent(
+            at=run.created_at,
+            kind="run.created",
+            detail=_compact(
+                {"repo": run.repo, "ref": run.ref, "concurrency_key": run.concurrency_key}
+            ),
+        )
     ]
     if run.started_at:
         events.append(RunEvent(at=run.started_at, kind="run.started"))

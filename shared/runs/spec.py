@@ -57,8 +57,19 @@ class Intention(StrictModel):
     constraints: list[ShortText] = Field(default_factory=list, max_length=50)
 
 
+# Spec fields added after the first release, as paths into the canonical spec: omitted from the
+# spec hash while unset (None). Append every new optional field here.
+ADDED_LATER: tuple[tuple[str, ...], ...] = (("budgets", "max_disk_mb"),)
+
+
 class Concurrency(StrictModel):
-    """At most `limit` runs with `key` execute at once (enforcement arrives with the reliability work)."""
+    """At most `limit` runs with `key` execute at once, across all workers.
+
+    On conflict, `queue` waits for a slot (first come, first served by submission time),
+    `cancel_new` ends the new run `cancelled` naming the key, `cancel_running` asks the oldest
+    running run(s) of the key to cancel and starts the new one. Enforced at lease time by
+    shared/runs/concurrency.py.
+    """
 
     key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     limit: int = Field(default=1, ge=1, le=1000)
@@ -71,6 +82,8 @@ class Budgets(StrictModel):
     token_cap: int | None = Field(default=None, ge=0)
     max_duration_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     max_queue_wait_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    # Largest size of the run's worktree in MB (2**20 bytes), capped by AUTOPACK_RUN_DISK_LIMIT_MB.
+    max_disk_mb: int | None = Field(default=None, ge=1)
 
 
 class Hardening(StrictModel):
@@ -219,6 +232,19 @@ class RunCreate(StrictModel):
         return self.model_dump(mode="json", exclude={"run_id", "start"})
 
     def spec_hash(self) -> str:
-        """A stable hash of the canonical spec, for idempotency and drift checks."""
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the canonical spec, for idempotency and drift checks.
+
+        Fields added to the spec after its first release are left out while unset, so a spec that
+        does not use them hashes as it did before they existed (a resubmission after an upgrade is
+        the same run, not a 409).
+        """
+        canonical = self.canonical()
+        for path in ADDED_LATER:
+            *parents, name = path
+            holder: Any = canonical
+            for parent in parents:
+                holder = holder.get(parent) if isinstance(holder, dict) else None
+            if isinstance(holder, dict) and holder.get(name, 0) is None:
+                del holder[name]
+        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()

@@ -19,7 +19,7 @@ from tests.conftest import wait_until
 from tests.services import start_api, start_worker
 
 pytestmark = pytest.mark.e2e
-CLIENTS, RUNS = 20, 200
+CLIENTS, RUNS = 20, 250  # 500 submissions: every id twice
 
 
 @pytest.fixture

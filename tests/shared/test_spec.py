@@ -71,3 +71,15 @@ def test_spec_hash_ignores_run_id_and_start_but_not_content() -> None:
     other = RunCreate.model_validate(base(goal="different"))
     assert one.spec_hash() == same.spec_hash()
     assert one.spec_hash() != other.spec_hash()
+
+
+def test_spec_hash_of_a_spec_without_later_fields_is_what_earlier_versions_stored() -> None:
+    # Computed by the release before budgets.max_disk_mb existed: resubmitting after an upgrade
+    # must find the same run (same hash), not answer 409.
+    data = base(goal="hash stability", budgets={"max_duration_s": 60})
+    spec = RunCreate.model_validate(data)
+    assert spec.spec_hash() == "6f6ccf43f771f4586e8bc560f7c8c1067fbbb53b6c7c99b791f6c2c092dcc8b1"
+    limited = RunCreate.model_validate(
+        {**data, "budgets": {"max_duration_s": 60, "max_disk_mb": 5}}
+    )
+    assert limited.spec_hash() != spec.spec_hash()

@@ -197,11 +197,16 @@ def test_takeover_fences_old_worker_and_resumes_from_checkpoint(
     )
     old.start()
     wait_until(marker.exists, timeout=30, what="second phase to start")
-    with transaction(sessions) as session:  # the old worker's lease runs out as if it had stalled
+    # The old worker's lease runs out as if it had stalled. Its heartbeat thread is not stalled
+    # and would renew an expired lease nobody took yet, so the token moves on too (as a takeover
+    # does), which leaves it nothing to renew.
+    with transaction(sessions) as session:
         session.execute(
             update(Run)
             .where(Run.id == run_id)
-            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            .values(
+                lease_expires_at=utcnow() - timedelta(seconds=1), lease_token=Run.lease_token + 1
+            )
         )
 
     assert RunExecutor(settings, sessions, "new-worker").execute(run_id) == "succeeded"
@@ -209,10 +214,10 @@ def test_takeover_fences_old_worker_and_resumes_from_checkpoint(
     assert not old.is_alive() and old_result == [None]
 
     run = detail(sessions, run_id)
-    assert run.status == "succeeded" and run.lease_token == 2
+    assert run.status == "succeeded" and run.lease_token == 3  # old 1, bumped 2, new worker 3
     assert counter.read_text() == "run\n"  # the first phase did not run again
     assert [(a.number, a.status, a.worker) for a in run.phases[1].attempts] == [
         (1, "lost", "old-worker"),
         (2, "succeeded", "new-worker"),
     ]
-    assert [a.lease_token for a in run.phases[1].attempts] == [1, 2]
+    assert [a.lease_token for a in run.phases[1].attempts] == [1, 3]

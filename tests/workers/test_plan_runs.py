@@ -20,6 +20,7 @@ from shared.settings import Settings
 from workers import phases as phase_kinds
 from workers.executor import RunExecutor
 from workers.phases import AttemptContext, PhaseResult
+from workers.workspace import Workspaces
 
 PROJECT = {
     "pyproject.toml": '[project]\nname = "calc"\nversion = "0.1"\n',
@@ -133,3 +134,35 @@ def test_internal_error_ends_run_failed_instead_of_running_forever(
             run.failure_reason or ""
         )
         assert run.lease_owner is None
+
+
+def test_internal_error_after_a_succeeded_command_leaves_nothing_running(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    make_repo: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attempt's success is written with its phase; a failure in between must not leave it running."""
+    origin = make_repo(PROJECT, name="o-ckpt")
+    with transaction(sessions) as session:
+        repos.add(session, "ckpt-bug", str(origin))
+        run_id = service.submit(
+            session,
+            settings,
+            RunCreate.model_validate(
+                {"repo": "ckpt-bug", "goal": "g", "phases": [{"id": "a", "run": "touch made"}]}
+            ),
+        ).run.id
+
+    def broken_checkpoint(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("disk full while committing")
+
+    monkeypatch.setattr(Workspaces, "commit_checkpoint", broken_checkpoint)
+    assert RunExecutor(settings, sessions, "w").execute(run_id) == "failed"
+    with sessions() as session:
+        run = repository.get_run_detail(session, run_id)
+        assert run.status == "failed"
+        assert [p.status for p in run.phases] == ["failed"]
+        attempts = run.phases[0].attempts
+        assert [a.status for a in attempts] == ["failed"]
+        assert "before this attempt was recorded" in (attempts[0].failure_reason or "")

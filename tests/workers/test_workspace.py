@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +78,42 @@ def test_checkout_replaces_a_dirty_leftover_worktree(
     (path / "junk").write_text("x")
     path = spaces.checkout("r", "run", commit)
     assert (path / "a.txt").read_text() == "clean\n" and not (path / "junk").exists()
+
+
+def test_checkout_after_worktree_deleted_behind_gits_back(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    """A worktree removed with rm -rf still holds its branch in git; checkout recovers from that."""
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    path = spaces.checkout("r", "run", commit)
+    shutil.rmtree(path)
+    assert "prunable" in git(spaces.mirror_path("r"), "worktree", "list")
+    path = spaces.checkout("r", "run", commit)
+    assert (path / "a.txt").read_text() == "1\n"
+    # As left by a worker killed inside `git worktree add`: locked, and its directory gone.
+    git(spaces.mirror_path("r"), "worktree", "lock", "--reason", "initializing", str(path))
+    shutil.rmtree(path)
+    path = spaces.checkout("r", "run", commit)
+    assert (path / "a.txt").read_text() == "1\n"
+
+
+def test_checkpoint_without_changes_makes_no_commit_but_keeps_the_phases_own_commit(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    path = spaces.checkout("r", "run", commit)
+    assert spaces.commit_checkpoint(path, "nothing", changed=False) == commit
+    (path / "a.txt").write_text("2\n")
+    git(path, "commit", "-qam", "made by the phase")
+    own = spaces.head(path)
+    assert own != commit and spaces.commit_checkpoint(path, "clean", changed=False) == own
+    (path / "b.txt").write_text("new\n")
+    changed = spaces.commit_checkpoint(path, "phase 2")
+    assert changed != own and git(path, "log", "-1", "--format=%s").strip() == "phase 2"
 
 
 def test_phase_env_contains_only_allowlisted_worker_variables(

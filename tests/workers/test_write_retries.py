@@ -1,0 +1,231 @@
+"""Ledger writes ride out a database outage (real PostgreSQL behind a cuttable TCP proxy)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import repos
+from shared.db import make_engine, make_session_factory, transaction
+from shared.models import Attempt, AttemptLog, Phase, Run
+from shared.runs import repository, service
+from shared.runs.spec import RunCreate
+from shared.runs.states import AttemptStatus
+from shared.settings import Settings
+from tests.conftest import wait_until
+from tests.faults import TcpProxy
+from workers import leases
+from workers.executor import RunExecutor
+from workers.leases import Lease
+from workers.ledger import AttemptOutcome, Ledger
+
+
+@pytest.fixture
+def proxied(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> Iterator[tuple[TcpProxy, sessionmaker[Session]]]:
+    """A cuttable proxy in front of the session database, and sessions that go through it."""
+    url = make_url(settings.effective_database_url)
+    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        through = settings.model_copy(
+            update={"database_url": url.set(port=proxy.port).render_as_string(hide_password=False)}
+        )
+        engine = make_engine(through)
+        try:
+            yield proxy, make_session_factory(engine)
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def lease(sessions: sessionmaker[Session], settings: Settings, tmp_path: Path) -> Lease:
+    """A run of one phase, leased for a minute."""
+    name = f"retry-{uuid.uuid4().hex[:8]}"
+    with transaction(sessions) as session:
+        repos.add(session, name, str(tmp_path))
+        spec = RunCreate.model_validate(
+            {"repo": name, "goal": "g", "phases": [{"id": "a", "run": "true"}]}
+        )
+        run_id = service.submit(session, settings, spec).run.id
+    with transaction(sessions) as session:
+        held = leases.acquire(session, run_id, "A", 60)
+    assert held is not None
+    return held
+
+
+def test_write_is_retried_with_backoff_until_the_database_is_back(
+    proxied: tuple[TcpProxy, sessionmaker[Session]],
+    sessions: sessionmaker[Session],
+    lease: Lease,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, through = proxied
+    ledger = Ledger(through, lease, retry_s=30)
+    ledger.set_base("a" * 40)  # a pooled connection now exists; the cut resets it
+    proxy.cut()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            ledger.set_base("b" * 40)
+        except BaseException as error:  # reported to the test thread
+            errors.append(error)
+
+    caplog.set_level(logging.INFO, logger="workers.ledger")
+    writer = threading.Thread(target=write)
+    writer.start()
+    wait_until(lambda: proxy.refused >= 3, timeout=30, what="reconnects refused during the outage")
+    proxy.restore()
+    writer.join(timeout=30)
+    assert not writer.is_alive() and errors == []
+    with sessions() as session:
+        assert session.scalar(select(Run.base_commit).where(Run.id == lease.run_id)) == "b" * 40
+    warnings = [
+        r for r in caplog.records if r.name == "workers.ledger" and r.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1 and "database unreachable" in warnings[0].getMessage()
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_write_gives_up_after_its_retry_budget(
+    proxied: tuple[TcpProxy, sessionmaker[Session]],
+    lease: Lease,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, through = proxied
+    proxy.cut()
+    with pytest.raises(OperationalError):
+        Ledger(through, lease, retry_s=0.5).set_base("c" * 40)
+    assert proxy.refused >= 2  # it did retry before giving up
+    assert "gave up writing the base commit" in caplog.text
+
+
+def _outcome(status: AttemptStatus, log: Path) -> AttemptOutcome:
+    return AttemptOutcome(
+        status=status,
+        exit_code=0 if status == AttemptStatus.SUCCEEDED else 1,
+        signal=None,
+        failure_class=None,
+        failure_reason=None,
+        output_tail="",
+        log_path=str(log),
+        log_content="out\n",
+        log_truncated=False,
+        log_size=4,
+    )
+
+
+def _phase_pk(sessions: sessionmaker[Session], run_id: str) -> int:
+    with sessions() as session:
+        pk = session.scalar(select(Phase.pk).where(Phase.run_id == run_id))
+    assert pk is not None
+    return pk
+
+
+def test_retried_attempt_writes_are_idempotent(
+    sessions: sessionmaker[Session], lease: Lease, tmp_path: Path
+) -> None:
+    """A retry after a commit that landed (only its reply was lost) writes nothing twice."""
+    ledger = Ledger(sessions, lease)
+    phase_pk = _phase_pk(sessions, lease.run_id)
+    first = ledger.start_attempt(phase_pk, 1, ["false"], "host")
+    assert ledger.start_attempt(phase_pk, 1, ["false"], "host") == first
+    ledger.finish_attempt(first, _outcome(AttemptStatus.FAILED, tmp_path / "1.log"))
+    ledger.finish_attempt(first, _outcome(AttemptStatus.FAILED, tmp_path / "1.log"))
+    second = ledger.start_attempt(phase_pk, 2, ["true"], "host")
+    ledger.finish_attempt(second, _outcome(AttemptStatus.SUCCEEDED, tmp_path / "2.log"))
+    ledger.phase_succeeded(phase_pk, "d" * 40)
+    ledger.finish_attempt(second, _outcome(AttemptStatus.SUCCEEDED, tmp_path / "2.log"))
+    ledger.phase_succeeded(phase_pk, "d" * 40)
+    with sessions() as session:
+        attempts = session.scalars(
+            select(Attempt).where(Attempt.phase_pk == phase_pk).order_by(Attempt.number)
+        ).all()
+        assert [(a.id, a.status) for a in attempts] == [(first, "failed"), (second, "succeeded")]
+        assert session.get(AttemptLog, first) is not None
+        assert session.get(AttemptLog, second) is not None
+
+
+def test_succeeded_attempt_is_recorded_with_its_phase_outcome(
+    sessions: sessionmaker[Session], lease: Lease, tmp_path: Path
+) -> None:
+    """A worker dying between an attempt's success and its phase's leaves no succeeded attempt
+    on a phase that runs again: both are written in one transaction."""
+    ledger = Ledger(sessions, lease)
+    phase_pk = _phase_pk(sessions, lease.run_id)
+    attempt_id = ledger.start_attempt(phase_pk, 1, ["true"], "host")
+    ledger.finish_attempt(attempt_id, _outcome(AttemptStatus.SUCCEEDED, tmp_path / "1.log"))
+
+    def status() -> tuple[str | None, str | None]:
+        with sessions() as session:
+            attempt, phase = session.get(Attempt, attempt_id), session.get(Phase, phase_pk)
+            assert attempt is not None and phase is not None
+            return attempt.status, phase.status
+
+    assert status() == ("running", "running")  # dying here: the attempt is recorded lost
+    ledger.phase_succeeded(phase_pk, "e" * 40)
+    assert status() == ("succeeded", "succeeded")
+
+
+PROJECT = {
+    "pyproject.toml": '[project]\nname = "calc"\nversion = "0.1"\n',
+    "calc.py": "def add(a, b):\n    return a + b\n",
+}
+
+
+def test_telemetry_write_failure_never_fails_the_run(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    make_repo: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database refuses the plan's metrics row; the run still succeeds."""
+    origin = make_repo(PROJECT, name=f"o-{uuid.uuid4().hex[:6]}")
+    name = f"telemetry-{uuid.uuid4().hex[:8]}"
+    with transaction(sessions) as session:
+        repos.add(session, name, str(origin))
+        run_id = service.submit(
+            session,
+            settings,
+            RunCreate.model_validate(
+                {
+                    "repo": name,
+                    "goal": "note the check",
+                    "plan": "1. Note the check in `NOTES.md`: `echo checked > NOTES.md`",
+                }
+            ),
+        ).run.id
+    function = f"refuse_{run_id.replace('-', '_')}"
+    with transaction(sessions) as session:  # a real database error, for this run's rows only
+        session.execute(
+            text(
+                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'metrics store refused the row'; END $$"
+            )
+        )
+        session.execute(
+            text(
+                f"CREATE TRIGGER {function} BEFORE INSERT ON phase6_metrics FOR EACH ROW "
+                f"WHEN (NEW.run_id = '{run_id}') EXECUTE FUNCTION {function}()"
+            )
+        )
+    try:
+        assert RunExecutor(settings, sessions, "w").execute(run_id) == "succeeded"
+    finally:
+        with transaction(sessions) as session:
+            session.execute(text(f"DROP TRIGGER {function} ON phase6_metrics"))
+            session.execute(text(f"DROP FUNCTION {function}()"))
+    with sessions() as session:
+        run = repository.get_run_detail(session, run_id)
+        assert run.status == "succeeded", run.failure_reason
+        assert [p.status for p in run.phases] == ["succeeded"]
+    assert "could not record the plan's metrics" in caplog.text  # the row was refused

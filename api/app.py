@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api import errors
 from api.dispatch import CeleryDispatcher
 from api.middleware import LimitBodyMiddleware, RequestIdMiddleware
+from api.notify import RunNotifications
 from api.routes import admin, dashboard, experiments, health, observability, runs
 from shared.db import make_engine, make_session_factory
 from shared.migrations import ensure_migrated
@@ -22,14 +23,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings)
+        engine = make_engine(
+            settings, pool_size=settings.api_db_pool_size, max_overflow=settings.api_db_pool_size
+        )
         ensure_migrated(engine, settings)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         app.state.dispatcher = CeleryDispatcher(settings)
         app.state.metrics_registry = observability.make_registry(settings, app.state.sessions)
+        app.state.notifications = RunNotifications(
+            settings.effective_database_url, fallback_poll_s=settings.long_poll_recheck_s
+        )
+        await app.state.notifications.start()
         yield
+        await app.state.notifications.stop()
         engine.dispose()
 
     app = FastAPI(

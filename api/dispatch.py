@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.constants import TASK_EXECUTE_RUN
 from shared.db import transaction
-from shared.models import Run, utcnow
+from shared.models import Run
 from shared.queueing import celery_config
+from shared.runs.states import RunStatus
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,18 @@ class CeleryDispatcher:
 def enqueue_committed(
     sessions: sessionmaker[Session], dispatcher: CeleryDispatcher, run_id: str
 ) -> None:
-    """Send a run whose transaction committed; if the broker is down, a worker's sweeper sends it later."""
+    """Send a run whose transaction committed; if the broker is down, a worker's sweeper sends it later.
+
+    The run was stored with enqueued_at set; only a failed send clears it, which marks the run as
+    never sent for the sweeper (it re-sends such runs after one sweep interval).
+    """
     try:
         dispatcher.enqueue_run(run_id)
     except Exception:
         logger.exception("enqueue of run %s failed; a worker's sweeper will send it", run_id)
-        return
-    with transaction(sessions) as session:
-        session.execute(update(Run).where(Run.id == run_id).values(enqueued_at=utcnow()))
+        with transaction(sessions) as session:
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                .values(enqueued_at=None)
+            )

@@ -2,7 +2,7 @@
 
 Everything is measured on this machine in one run, against references measured in the same run:
 
-1. Dispatch: a run of one `true` phase, POST /runs then GET /runs/{id}/status every 20 ms,
+1. Dispatch: a run of one `true` phase, POST /runs then a long-polled GET /runs/{id}/status,
    executed by a real `autopack worker --concurrency 1`; against the floor of a bare Celery
    no-op round trip (own worker process, Redis result backend) + `git worktree add` + `true` +
    `git worktree remove` on the same mirror.
@@ -79,6 +79,7 @@ REDIS_URL = os.environ.get("AUTOPACK_BENCH_SYS_REDIS", "redis://127.0.0.1:6379/1
 RESULTS = Path(__file__).with_name("results-system.md")
 BEGIN, END = "<!-- BEGIN GENERATED (bench.system) -->", "<!-- END GENERATED (bench.system) -->"
 POLL_S = 0.020
+LONG_POLL_S = 10.0
 TO_FINISHED = "client sent -> finished_at (no polling)"
 API_CONCURRENCY = 32
 PG_GROUP = "PostgreSQL (bench DB backends + exited backends)"
@@ -314,14 +315,13 @@ def submit_and_wait(client: httpx.Client, repo: str, timeout_s: float = 60) -> S
     t_post = time.perf_counter()
     run_id = str(response.json()["id"])
     polls = 0
-    while True:  # bounded by timeout_s
+    while True:  # bounded by timeout_s; each request is a long poll the server answers at the end
         polls += 1
-        status = client.get(f"/runs/{run_id}/status").json()
+        status = client.get(f"/runs/{run_id}/status", params={"wait_s": LONG_POLL_S}).json()
         if status["terminal"]:
             break
         if time.perf_counter() - t0 > timeout_s:
             raise RuntimeError(f"run {run_id} not terminal after {timeout_s}s: {status}")
-        time.sleep(POLL_S)
     t1 = time.perf_counter()
     if status["status"] != "succeeded":
         raise RuntimeError(f"run {run_id} ended {status['status']}: {status['failure_reason']}")
@@ -386,7 +386,7 @@ def db_timeline(ctx: Ctx, samples: list[Sample]) -> dict[str, list[float]]:
             "attempt end -> finished_at (drift, checkpoint, final writes)",
             (finished - a_end).total_seconds(),
         )
-        add("finished_at -> client sees terminal (20 ms polling)", s.seen_at - finished.timestamp())
+        add("finished_at -> client sees terminal (long poll)", s.seen_at - finished.timestamp())
         add(TO_FINISHED, finished.timestamp() - s.sent_at)
     return segments
 

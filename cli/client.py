@@ -60,19 +60,33 @@ def request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx
     return response
 
 
+LONG_POLL_S = 5.0
+
+
 def wait_for(client: httpx.Client, run_id: str, timeout_s: float | None = None) -> dict[str, Any]:
-    """Poll the run's status with backoff and jitter until it is terminal; returns the full run."""
-    delay, deadline = 0.5, (time.monotonic() + timeout_s) if timeout_s else None
+    """Follow the run's status with long polls until it is terminal; returns the full run.
+
+    Each poll returns as soon as the status changes (or after LONG_POLL_S, to refresh the
+    progress line); the server wakes it through PostgreSQL notifications.
+    """
+    deadline = (time.monotonic() + timeout_s) if timeout_s else None
+    params: dict[str, Any] = {}
     with Live(console=console, refresh_per_second=4, transient=True) as live:
         while True:
-            status = request(client, "GET", f"/runs/{run_id}/status").json()
+            asked = time.monotonic()
+            status = request(client, "GET", f"/runs/{run_id}/status", params=params).json()
             live.update(_status_line(status))
             if status["status"] in TERMINAL_RUN_STATUSES:
                 break
             if deadline and time.monotonic() > deadline:
                 fail(f"run {run_id} still {status['status']} after {timeout_s}s", EXIT_FAILED)
-            time.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 1.5, 5)
+            unchanged = bool(params) and status["status"] == params["from_status"]
+            if unchanged and time.monotonic() - asked < params["wait_s"] / 2:
+                time.sleep(random.uniform(0.4, 0.6))  # an older server without long polls
+            wait = LONG_POLL_S
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            params = {"wait_s": round(wait, 3), "from_status": status["status"]}
     return dict(request(client, "GET", f"/runs/{run_id}").json())
 
 

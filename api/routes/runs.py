@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
 from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep, SubmitterDep
 from api.dispatch import enqueue_committed
+from api.notify import RunNotifications
 from shared.db import transaction
 from shared.errors import InvalidInput, NotFound
 from shared.runs import events, repository, service
@@ -39,12 +44,11 @@ def submit_run(
     """Store a run and enqueue it; resubmitting the same run_id and spec returns the stored run (200)."""
     with transaction(sessions) as session:
         submitted = service.submit(session, settings, spec)
-        run_id = submitted.run.id
-    # The reply shows the run as stored; once enqueued, a worker may already be changing it.
-    with sessions() as session:
-        stored = service.run_read(repository.get_run_detail(session, run_id))
+        # The reply shows the run as stored (built from the objects just inserted, no re-read);
+        # once enqueued, a worker may already be changing it.
+        stored = service.run_read(submitted.run)
     if submitted.needs_enqueue:
-        enqueue_committed(sessions, dispatcher, run_id)
+        enqueue_committed(sessions, dispatcher, submitted.run.id)
     if not submitted.created:
         response.status_code = 200
     return stored
@@ -81,11 +85,52 @@ def get_run(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunRead:
         return service.run_read(repository.get_run_detail(session, run_id))
 
 
+MAX_WAIT_S = 60.0
+
+
 @router.get("/{run_id}/status", response_model=RunStatusRead)
-def get_run_status(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunStatusRead:
-    """Compact status for pollers."""
-    with sessions() as session:
-        return service.status_of(repository.get_run_detail(session, run_id))
+async def get_run_status(
+    run_id: str,
+    request: Request,
+    sessions: SessionsDep,
+    _caller: CallerDep,
+    wait_s: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Long poll: answer once the run is terminal (or its status differs from "
+            "from_status), or after this many seconds with the current status.",
+        ),
+    ] = 0,
+    from_status: Annotated[
+        RunStatus | None, Query(description="With wait_s: answer as soon as the status is another.")
+    ] = None,
+) -> RunStatusRead:
+    """Compact status for pollers; with wait_s, a long poll that answers as soon as the run changes."""
+
+    def read() -> RunStatusRead:
+        with sessions() as session:
+            return service.status_of(repository.get_run_detail(session, run_id))
+
+    def settled(status: RunStatusRead) -> bool:
+        return status.terminal if from_status is None else status.status != from_status
+
+    status = await run_in_threadpool(read)
+    if wait_s <= 0 or settled(status):
+        return status
+    notifications: RunNotifications = request.app.state.notifications
+    deadline = time.monotonic() + wait_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        with notifications.subscribe(run_id) as changed:
+            status = await run_in_threadpool(read)  # after subscribing: no change slips between
+            if settled(status) or await request.is_disconnected():
+                return status
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    changed.wait(), timeout=min(remaining, notifications.poll_interval_s)
+                )
+    return await run_in_threadpool(read)
 
 
 @router.get("/{run_id}/events", response_model=list[RunEvent])

@@ -83,9 +83,14 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
             timeout_s=phase.timeout_s,
             status=PhaseStatus.PENDING,
             attempts_count=0,
+            attempts=[],  # known empty: the reply is built without loading them
         )
         for position, phase in enumerate(spec.phases)
     ]
+    if spec.run_id is None:  # a fresh random id: nobody else can be inserting it
+        session.add(run)
+        session.flush()
+        return Submitted(run=run, created=True)
     nested = session.begin_nested()
     session.add(run)
     try:

@@ -1,0 +1,106 @@
+"""Wake long-polling requests when a run's status changes (PostgreSQL LISTEN/NOTIFY).
+
+The `autopack_runs` channel is fed by a trigger on `runs.status` (migration 0010), so every writer
+is covered. One connection per API process listens; requests wait on an asyncio.Event per run.
+When notifications are unavailable (SQLite, or the listening connection is down) waiters simply
+re-read the run every `fallback_poll_s`, so a lost notification delays an answer, never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import psycopg
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "autopack_runs"
+
+
+def libpq_url(sqlalchemy_url: str) -> str | None:
+    """The libpq form of a PostgreSQL SQLAlchemy URL; None for other databases."""
+    scheme, sep, rest = sqlalchemy_url.partition("://")
+    if not sep or not scheme.startswith("postgresql"):
+        return None
+    return f"postgresql://{rest}"
+
+
+class RunNotifications:
+    """Per-run wake-ups for the requests of this process."""
+
+    def __init__(self, database_url: str, *, fallback_poll_s: float = 1.0) -> None:
+        self.url = libpq_url(database_url)
+        self.listening = False
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.fallback_poll_s = fallback_poll_s if self.url else 0.25
+
+    @property
+    def poll_interval_s(self) -> float:
+        """How long a waiter sleeps between re-reads while nothing wakes it."""
+        return self.fallback_poll_s if self.listening else min(self.fallback_poll_s, 0.25)
+
+    async def start(self) -> None:
+        """Begin listening (no-op without PostgreSQL)."""
+        if self.url is not None:
+            self._task = asyncio.create_task(self._listen(), name="autopack-run-notifications")
+
+    async def stop(self) -> None:
+        """Stop listening and wake every waiter."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    @contextlib.contextmanager
+    def subscribe(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An event set when the run's status changes (subscribe before re-reading the run)."""
+        event = asyncio.Event()
+        self._waiters.setdefault(run_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(run_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[run_id]
+
+    def _wake(self, run_id: str) -> None:
+        for event in self._waiters.get(run_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for run_id in list(self._waiters):
+            self._wake(run_id)
+
+    async def _listen(self) -> None:
+        assert self.url is not None
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=10
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening, delay = True, 0.5
+                    # Changes made while we were not listening are caught by one re-read.
+                    self._wake_all()
+                    async for notify in conn.notifies():
+                        self._wake(notify.payload)
+            except asyncio.CancelledError:
+                self.listening = False
+                raise
+            except Exception as error:
+                if self.listening:
+                    logger.warning("run notifications lost (%s); waiters poll until back", error)
+                self.listening = False
+                self._wake_all()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)

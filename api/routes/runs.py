@@ -111,7 +111,7 @@ async def get_run_status(
 
     def read() -> RunStatusRead:
         with sessions() as session:
-            return service.status_of(repository.get_run_detail(session, run_id))
+            return service.read_status(session, run_id)
 
     def settled(status: RunStatusRead) -> bool:
         return status.terminal if from_status is None else status.status != from_status

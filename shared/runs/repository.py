@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Row, and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.errors import InvalidInput, NotFound
@@ -44,6 +44,26 @@ def get_run_detail(session: Session, run_id: str) -> Run:
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run
+
+
+def get_run_status_rows(
+    session: Session, run_id: str
+) -> tuple[Row[tuple[str, str | None, str | None]], list[tuple[str, str]]]:
+    """(status, failure_reason, result_commit) of the run and (phase_id, status) of its phases.
+
+    Two narrow queries, no specs, attempts or logs: what status polls and long polls re-read.
+    """
+    run = session.execute(
+        select(Run.status, Run.failure_reason, Run.result_commit).where(
+            Run.id == _checked_id(run_id)
+        )
+    ).one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    phases = session.execute(
+        select(Phase.phase_id, Phase.status).where(Phase.run_id == run_id).order_by(Phase.position)
+    ).all()
+    return run, [(phase_id, status) for phase_id, status in phases]
 
 
 def encode_cursor(run: Run) -> str:

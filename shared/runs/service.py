@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -207,19 +208,41 @@ def run_read(run: Run) -> RunRead:
 
 def status_of(run: Run) -> RunStatusRead:
     """The compact status of a run (phases must be loaded)."""
-    counts = Counter(phase.status for phase in run.phases)
-    total = len(run.phases) or 1
+    return _compact_status(
+        run.id,
+        run.status,
+        run.failure_reason,
+        run.result_commit,
+        [(phase.phase_id, phase.status) for phase in run.phases],
+    )
+
+
+def read_status(session: Session, run_id: str) -> RunStatusRead:
+    """The compact status of a run read with two narrow queries (status polls, long polls)."""
+    run, phases = repository.get_run_status_rows(session, run_id)
+    return _compact_status(run_id, run.status, run.failure_reason, run.result_commit, phases)
+
+
+def _compact_status(
+    run_id: str,
+    status: str,
+    failure_reason: str | None,
+    result_commit: str | None,
+    phases: Sequence[tuple[str, str]],
+) -> RunStatusRead:
+    counts = Counter(phase_status for _, phase_status in phases)
+    total = len(phases) or 1
     done = sum(counts[s] for s in (PhaseStatus.SUCCEEDED, PhaseStatus.SKIPPED))
-    current = next((p.phase_id for p in run.phases if p.status == PhaseStatus.RUNNING), None)
-    if current is None and run.status == RunStatus.RUNNING:
-        current = next((p.phase_id for p in run.phases if p.status == PhaseStatus.PENDING), None)
+    current = next((pid for pid, st in phases if st == PhaseStatus.RUNNING), None)
+    if current is None and status == RunStatus.RUNNING:
+        current = next((pid for pid, st in phases if st == PhaseStatus.PENDING), None)
     return RunStatusRead(
-        id=run.id,
-        status=run.status,
-        terminal=RunStatus(run.status) in RUN_TERMINAL,
-        phases={status.value: counts.get(status.value, 0) for status in PhaseStatus},
+        id=run_id,
+        status=status,
+        terminal=RunStatus(status) in RUN_TERMINAL,
+        phases={s.value: counts.get(s.value, 0) for s in PhaseStatus},
         percent_complete=round(100.0 * done / total, 1),
         current_phase=current,
-        failure_reason=run.failure_reason,
-        result_commit=run.result_commit,
+        failure_reason=failure_reason,
+        result_commit=result_commit,
     )

@@ -10,7 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shared import repos
-from shared.errors import Conflict, InvalidInput
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Run, utcnow
 from shared.runs import repository, service
 from shared.runs.spec import RunCreate
@@ -103,6 +103,37 @@ def test_status_of_counts_phases(db: Session, settings: Settings, registered: st
     assert status.phases["pending"] == 2
     assert status.percent_complete == 0.0
     assert not status.terminal
+
+
+def test_narrow_status_read_matches_the_full_run(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    three = [{"id": p, "run": "true"} for p in ("a", "b", "c")]
+    run = service.submit(db, settings, spec(phases=three)).run
+    states = [
+        (RunStatus.QUEUED, ["pending"] * 3, None, None),
+        (RunStatus.RUNNING, ["succeeded", "pending", "pending"], None, None),  # between phases
+        (RunStatus.RUNNING, ["succeeded", "running", "pending"], None, None),
+        (RunStatus.FAILED, ["succeeded", "failed", "skipped"], "phase b: exit 1", "c0ffee"),
+    ]
+    seen = []
+    for run_status, phase_states, reason, commit in states:
+        db.execute(
+            update(Run)
+            .where(Run.id == run.id)
+            .values(status=run_status, failure_reason=reason, result_commit=commit)
+        )
+        for phase, phase_status in zip(run.phases, phase_states, strict=True):
+            phase.status = phase_status
+        db.flush()
+        db.expire_all()
+        narrow = service.read_status(db, run.id)
+        assert narrow == service.status_of(repository.get_run_detail(db, run.id))
+        seen.append((narrow.current_phase, narrow.percent_complete, narrow.terminal))
+    assert seen == [(None, 0.0, False), ("b", 33.3, False), ("b", 33.3, False), (None, 66.7, True)]
+    assert narrow.failure_reason == "phase b: exit 1" and narrow.result_commit == "c0ffee"
+    with pytest.raises(NotFound):
+        service.read_status(db, "run-nope")
 
 
 def test_run_not_started_within_queue_wait_times_out(

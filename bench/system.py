@@ -1503,6 +1503,27 @@ def write_results(markdown: str) -> None:
 # --- main ---------------------------------------------------------------------------------------
 
 
+SECTIONS = ("dispatch", "throughput", "profile", "api", "workspace")
+
+
+def run_sections(ctx: Ctx, worker: Proc, sections: list[str]) -> None:
+    """Measure only the named sections and print their raw results as JSON (no report)."""
+    for name in sections:
+        if name == "dispatch":
+            wait_quiet(ctx, "dispatch")
+            measure_dispatch(ctx, worker)
+        elif name == "throughput":
+            measure_throughput(ctx, worker)
+        elif name == "profile":
+            wait_quiet(ctx, "profile")
+            measure_profile(ctx)
+        elif name == "api":
+            measure_api(ctx)
+        elif name == "workspace":
+            measure_workspace(ctx)
+    print(json.dumps(ctx.results, indent=1, default=str))
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sizes = QUICK if args.quick else FULL
@@ -1539,6 +1560,9 @@ def run(args: argparse.Namespace) -> int:
                 ctx.results["pg"] = pg_reference(ctx)
                 start_api(ctx)
                 worker_a = start_worker(ctx, "worker-a", 1)
+                if args.sections:  # a partial run for iterating on one part: raw figures only
+                    run_sections(ctx, worker_a, args.sections)
+                    return 0
                 wait_quiet(ctx, "dispatch")
                 measure_dispatch(ctx, worker_a)
                 measure_throughput(ctx, worker_a)
@@ -1586,7 +1610,16 @@ def main() -> None:
         help=f"replace the generated block of {RESULTS.name}",
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep logs and worktrees")
+    parser.add_argument(
+        "--sections",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=[],
+        help=f"only these, comma-separated ({', '.join(SECTIONS)}); prints raw JSON, no report",
+    )
     args = parser.parse_args()
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(unknown)}")
 
     def terminate(_signum: int, _frame: object) -> None:
         raise SystemExit(143)

@@ -25,8 +25,7 @@ from typing import Any
 from celery import signals
 from sqlalchemy import Engine, event
 
-from shared import repos
-from workers import changes, executor, leases, phases, workspace
+from workers import changes, executor, phases, workspace
 from workers.executor import RunExecutor
 from workers.heartbeat import Heartbeat
 from workers.ledger import Ledger
@@ -90,12 +89,9 @@ def _wrap_execute() -> None:
 def install() -> None:
     """Instrument the executor's steps, git and SQL."""
     _wrap_execute()
-    _wrap(leases, "acquire", "lease acquire (UPDATE)")
+    _wrap(RunExecutor, "_claim", "claim: queue wait, admission, lease, start, read (1 txn)")
     _wrap(Heartbeat, "__enter__", "heartbeat start")
     _wrap(Heartbeat, "__exit__", "heartbeat stop")
-    _wrap(Ledger, "begin_run", "ledger.begin_run")
-    _wrap(Ledger, "load_run", "ledger.load_run")
-    _wrap(repos, "resolve", "repos.resolve")
     _wrap(Workspaces, "sync_mirror", "mirror fetch (sync_mirror)")
     _wrap(Workspaces, "resolve_ref", "resolve_ref")
     _wrap(Ledger, "set_base", "ledger.set_base")

@@ -8,7 +8,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repos
 from shared.db import transaction
 from shared.dispatch import Dispatcher
-from shared.errors import LeaseLost
+from shared.errors import LeaseLost, NotFound
 from shared.intention import check_drift, describe_phase_change
 from shared.logs import log_context
 from shared.metrics import recording
@@ -39,7 +39,7 @@ from workers.hardening.base import RetryOverrides
 from workers.hardening.registry import PatternRegistry
 from workers.heartbeat import Heartbeat
 from workers.leases import Lease
-from workers.ledger import AttemptOutcome, Ledger
+from workers.ledger import AttemptOutcome, Ledger, begin_in, snapshot_in
 from workers.phases import AttemptContext, PhaseRunner, build_env, resolve_cwd, runner_for
 from workers.process import CommandResult, kill_group
 from workers.recovery import Decision, FailedAttempt, PhaseRecovery, Recovery
@@ -83,6 +83,19 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a delivery's set-up transaction found; run, phases etc. only when it took the lease."""
+
+    admission: Admission
+    lease: Lease | None = None
+    lost: list[tuple[str | None, int | None]] = field(default_factory=list)  # (host, pgid)
+    run: Run | None = None
+    phases: list[Phase] = field(default_factory=list)
+    # The repository's registered origin, or why it has none now.
+    source: str | NotFound | None = None
+
+
 @dataclass
 class RunExecutor:
     """Executes runs on this host; safe to call for any delivery of `runs.execute`."""
@@ -103,30 +116,37 @@ class RunExecutor:
 
     def execute(self, run_id: str) -> str | None:
         """Run it to the end if this call wins the lease; None when the delivery is a no-op."""
-        with transaction(self.sessions) as session:
-            service.expire_queue_waits(session)  # a run that waited too long never starts
-        lease, admission = self._admit_and_lease(run_id)
-        if lease is None:
-            self._not_started(run_id, admission)
+        claim = self._claim(run_id)
+        if claim.lease is None:
+            self._not_started(run_id, claim.admission)
             return None
         try:
-            return self._run_leased(lease)
+            return self._run_leased(claim)
         finally:
-            self._kick(admission.key)  # a slot of its concurrency key may have freed
+            self._kick(claim.admission.key)  # a slot of its concurrency key may have freed
 
-    def _admit_and_lease(self, run_id: str) -> tuple[Lease | None, Admission]:
-        """Admit the run under its concurrency key and take its lease, in one transaction.
+    def _claim(self, run_id: str) -> Claim:
+        """A delivery's set-up in one transaction: end the run if it waited too long in the queue,
+        admit it under its concurrency key, take its lease, record its start, read it.
 
         Embedded mode (wait_for_admission) has no broker to send a waiting run again, so it waits here.
         """
         while True:
             with transaction(self.sessions) as session:
+                service.expire_queue_waits(session, run_id)
                 admission = concurrency.admit(session, run_id)
                 lease = (
                     leases.acquire(session, run_id, self.owner, self.settings.lease_ttl_s)
                     if admission.admitted
                     else None
                 )
+                if lease is not None:
+                    lost = begin_in(session, lease)
+                    run, phases = snapshot_in(session, run_id)
+                    try:
+                        source: str | NotFound = repos.resolve(session, self.settings, run.repo)
+                    except NotFound as error:  # unregistered since: the run fails, below
+                        source = error
             if admission.superseded:
                 logger.info(
                     "run %s supersedes %s on concurrency key %r (on_conflict: cancel_running)",
@@ -134,12 +154,12 @@ class RunExecutor:
                     ", ".join(admission.superseded),
                     admission.key,
                 )
-            if lease is not None or not (admission.waiting and self.wait_for_admission):
-                return lease, admission
+            if lease is not None:
+                return Claim(admission, lease, lost, run, phases, source)
+            if not (admission.waiting and self.wait_for_admission):
+                return Claim(admission)
             logger.info("run %s is %s", run_id, admission.reason)
             time.sleep(min(2.0, max(0.1, self.settings.heartbeat_interval_s)))
-            with transaction(self.sessions) as session:
-                service.expire_queue_waits(session)
 
     def _not_started(self, run_id: str, admission: Admission) -> None:
         """Log why a delivery did not start its run and send the runs its key has room for."""
@@ -166,8 +186,10 @@ class RunExecutor:
                 exc_info=True,
             )
 
-    def _run_leased(self, lease: Lease) -> str | None:
+    def _run_leased(self, claim: Claim) -> str | None:
         """Execute the run under its lease and heartbeat; None when it was abandoned or taken over."""
+        lease = claim.lease
+        assert lease is not None
         with log_context(run_id=lease.run_id, lease_token=lease.token):
             logger.info("lease acquired")
             heartbeat = Heartbeat(
@@ -175,7 +197,7 @@ class RunExecutor:
             )
             with heartbeat:
                 try:
-                    return self._execute_leased(lease, heartbeat)
+                    return self._execute_leased(claim, lease, heartbeat)
                 except LeaseLost:
                     logger.warning("lease was taken over; this worker stops without writing")
                     return None
@@ -191,14 +213,17 @@ class RunExecutor:
                     logger.exception("internal error while executing the run")
                     return self._fail_internal(lease, error)
 
-    def _execute_leased(self, lease: Lease, heartbeat: Heartbeat) -> str:
+    def _execute_leased(self, claim: Claim, lease: Lease, heartbeat: Heartbeat) -> str:
         ledger = Ledger(self.sessions, lease, self.settings.effective_db_retry_s)
-        for host, pgid in ledger.begin_run():
+        for host, pgid in claim.lost:
             if host == socket.gethostname() and pgid and kill_group(pgid):
                 logger.info("killed process group %s left by a dead worker", pgid)
-        run, phases = ledger.load_run()
+        assert claim.run is not None and claim.source is not None
+        run, phases = claim.run, claim.phases
         try:
-            worktree, base = self._prepare_worktree(ledger, run)
+            if isinstance(claim.source, NotFound):
+                raise claim.source
+            worktree, base = self._prepare_worktree(ledger, run, claim.source)
         except Exception as error:
             logger.exception("workspace preparation failed")
             ledger.finish_run(RunStatus.FAILED, reason=f"workspace: {error}")
@@ -270,9 +295,7 @@ class RunExecutor:
             self.workspaces.remove(run.repo, run.id)
         return status
 
-    def _prepare_worktree(self, ledger: Ledger, run: Run) -> tuple[Path, str]:
-        with self.sessions() as session:
-            source = repos.resolve(session, self.settings, run.repo)
+    def _prepare_worktree(self, ledger: Ledger, run: Run, source: str) -> tuple[Path, str]:
         self.workspaces.sync_mirror(run.repo, source)
         base = run.base_commit
         if base is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,3 +54,42 @@ def git(
     if check and completed.returncode != 0:
         raise GitError(f"git {' '.join(args[:2])} failed: {completed.stderr.strip()[-2000:]}")
     return completed.stdout
+
+
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def read_loose_ref(common_dir: Path, refname: str) -> str | None:
+    """The sha a loose ref file holds, read without starting git; None when git must answer.
+
+    Only a plain `refs/...` name whose file holds a full sha is answered: a packed, symbolic or
+    missing ref, or a name that could leave the refs folder, returns None, and the caller asks git.
+    """
+    if not refname.startswith("refs/") or ".." in refname.split("/") or "\\" in refname:
+        return None
+    try:
+        content = (common_dir / refname).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return content if _FULL_SHA.match(content) else None
+
+
+def read_worktree_head(worktree: Path) -> str | None:
+    """The commit a linked worktree's HEAD names, read from its files; None when git must answer."""
+    try:
+        pointer = (worktree / ".git").read_text().strip()
+        if not pointer.startswith("gitdir: "):
+            return None
+        admin = Path(pointer.removeprefix("gitdir: "))
+        if not admin.is_absolute():
+            admin = worktree / admin
+        head = (admin / "HEAD").read_text().strip()
+        if _FULL_SHA.match(head):  # detached
+            return head
+        if not head.startswith("ref: "):
+            return None
+        common = (admin / "commondir").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    common_dir = Path(common) if Path(common).is_absolute() else admin / common
+    return read_loose_ref(common_dir, head.removeprefix("ref: "))

@@ -14,7 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shared.db import transaction
 from shared.models import Attempt, AttemptLog, Phase, Run, utcnow
@@ -84,6 +84,8 @@ class Ledger:
         self._outage_since: float | None = None  # monotonic time the current outage was noticed
         # A succeeded attempt and when it ended, written with its phase's outcome.
         self._succeeded: tuple[int, AttemptOutcome, datetime] | None = None
+        # The base commit, written with the next fenced write (set_base).
+        self._base: str | None = None
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """call(), retried with backoff while the database is unreachable, for up to retry_s.
@@ -130,10 +132,20 @@ class Ledger:
 
     @contextmanager
     def fenced(self) -> Iterator[Session]:
-        """A transaction that raises LeaseLost unless this worker still holds the lease."""
+        """A transaction that raises LeaseLost unless this worker still holds the lease.
+
+        A base commit given to set_base since the last commit is written in it too.
+        """
+        base = self._base
         with transaction(self.sessions) as session:
             leases.fence(session, self.lease)
+            if base is not None:
+                session.execute(
+                    update(Run).where(Run.id == self.lease.run_id).values(base_commit=base)
+                )
             yield session
+        if self._base == base:
+            self._base = None
 
     @_retried("writing the run's start")
     def begin_run(self) -> list[tuple[str | None, int | None]]:
@@ -141,34 +153,8 @@ class Ledger:
 
         Returns (host, pgid) of the lost attempts, so a worker on the same host can kill leftovers.
         """
-        now = utcnow()
         with self.fenced() as session:
-            lost = session.execute(
-                select(Attempt.host, Attempt.pgid).where(
-                    Attempt.run_id == self.lease.run_id,
-                    Attempt.status == AttemptStatus.RUNNING,
-                    Attempt.lease_token != self.lease.token,
-                )
-            ).all()
-            session.execute(
-                update(Run)
-                .where(Run.id == self.lease.run_id, Run.started_at.is_(None))
-                .values(started_at=now)
-            )
-            session.execute(
-                update(Attempt)
-                .where(
-                    Attempt.run_id == self.lease.run_id,
-                    Attempt.status == AttemptStatus.RUNNING,
-                    Attempt.lease_token != self.lease.token,
-                )
-                .values(
-                    status=AttemptStatus.LOST,
-                    finished_at=now,
-                    failure_reason="worker lost before the attempt finished; the run was resumed",
-                )
-            )
-        return [(host, pgid) for host, pgid in lost]
+            return begin_in(session, self.lease)
 
     @_retried("writing the plan's phases")
     def create_phases(self, phases: list[dict[str, Any]]) -> None:
@@ -196,13 +182,13 @@ class Ledger:
                     )
                 )
 
-    @_retried("writing the base commit")
     def set_base(self, base_commit: str) -> None:
-        """Remember the commit the run started from."""
-        with self.fenced() as session:
-            session.execute(
-                update(Run).where(Run.id == self.lease.run_id).values(base_commit=base_commit)
-            )
+        """Remember the commit the run started from; written with the next fenced write.
+
+        Nothing runs between resolving the base and the first attempt's start, which is such a
+        write: a worker dying in between leaves no base, and the resumed run resolves it again.
+        """
+        self._base = base_commit
 
     @_retried("writing the attempt's process group")
     def record_process(self, attempt_id: int, pgid: int) -> None:
@@ -373,6 +359,17 @@ class Ledger:
                 .where(Phase.run_id == self.lease.run_id, Phase.status == PhaseStatus.RUNNING)
                 .values(status=PhaseStatus.FAILED, finished_at=now)
             )
+            # Phases a run ended before (a workspace that could not be prepared) never run.
+            session.execute(
+                update(Phase)
+                .where(Phase.run_id == self.lease.run_id, Phase.status == PhaseStatus.PENDING)
+                .values(
+                    status=PhaseStatus.CANCELLED
+                    if status == RunStatus.CANCELLED
+                    else PhaseStatus.SKIPPED,
+                    finished_at=now,
+                )
+            )
             written = session.execute(
                 update(Run)
                 .where(Run.id == self.lease.run_id, Run.status == RunStatus.RUNNING)
@@ -407,17 +404,52 @@ class Ledger:
     def load_run(self) -> tuple[Run, list[Phase]]:
         """A detached snapshot of the run and its phases, with attempts loaded."""
         with self.sessions() as session:
-            run = session.get(Run, self.lease.run_id)
-            assert run is not None
-            phases = list(
-                session.scalars(
-                    select(Phase).where(Phase.run_id == run.id).order_by(Phase.position)
-                )
+            return snapshot_in(session, self.lease.run_id)
+
+
+def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | None]]:
+    """begin_run's writes, in a transaction that holds the lease (fenced, or the one that took it)."""
+    now = utcnow()
+    running_elsewhere = (
+        Attempt.run_id == lease.run_id,
+        Attempt.status == AttemptStatus.RUNNING,
+        Attempt.lease_token != lease.token,
+    )
+    lost = session.execute(select(Attempt.host, Attempt.pgid).where(*running_elsewhere)).all()
+    session.execute(
+        update(Run)
+        .where(Run.id == lease.run_id, Run.started_at.is_(None))
+        .values(started_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if lost:
+        session.execute(
+            update(Attempt)
+            .where(*running_elsewhere)
+            .values(
+                status=AttemptStatus.LOST,
+                finished_at=now,
+                failure_reason="worker lost before the attempt finished; the run was resumed",
             )
-            for phase in phases:
-                _ = phase.attempts
-            session.expunge_all()
-            return run, phases
+            .execution_options(synchronize_session=False)
+        )
+    return [(host, pgid) for host, pgid in lost]
+
+
+def snapshot_in(session: Session, run_id: str) -> tuple[Run, list[Phase]]:
+    """A detached snapshot of the run and its phases with attempts loaded (expunges the session)."""
+    run = session.get(Run, run_id, populate_existing=True)
+    assert run is not None
+    phases = list(
+        session.scalars(
+            select(Phase)
+            .where(Phase.run_id == run.id)
+            .order_by(Phase.position)
+            .options(selectinload(Phase.attempts))
+        )
+    )
+    session.expunge_all()
+    return run, phases
 
 
 def _store_attempt(

@@ -17,7 +17,7 @@ from shared.constants import (
     run_branch,
 )
 from shared.settings import Settings
-from workers.gitcmd import GitError, git
+from workers.gitcmd import GitError, git, read_loose_ref, read_worktree_head
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ class Workspaces:
     def resolve_ref(self, repo: str, ref: str) -> str:
         """The commit a branch, tag or sha names in the mirror."""
         mirror = self.mirror_path(repo)
+        fetched = read_loose_ref(mirror, f"refs/remotes/origin/{ref}")  # the usual case: a branch
+        if fetched is not None:
+            return fetched
         candidates = [f"refs/remotes/origin/{ref}", f"refs/tags/{ref}"]
         if _SHA_RE.match(ref):
             candidates.append(ref)
@@ -187,8 +190,8 @@ class Workspaces:
             )
 
     def head(self, worktree: Path) -> str:
-        """The commit the worktree is at."""
-        return git(["rev-parse", "HEAD"], cwd=worktree).strip()
+        """The commit the worktree is at (read from its files when they are plain, else by git)."""
+        return read_worktree_head(worktree) or git(["rev-parse", "HEAD"], cwd=worktree).strip()
 
     def diff_summary(self, worktree: Path, max_chars: int = 8000) -> str:
         """What the worktree changed since its last commit: stat plus the added/removed lines, bounded."""

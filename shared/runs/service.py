@@ -170,14 +170,20 @@ def cancel(session: Session, run_id: str) -> Run:
     return run
 
 
-def expire_queue_waits(session: Session) -> list[str]:
-    """End runs that were not started before their queue deadline (budgets.max_queue_wait_s)."""
+def expire_queue_waits(session: Session, run_id: str | None = None) -> list[str]:
+    """End runs that were not started before their queue deadline (budgets.max_queue_wait_s).
+
+    With run_id, only that run (a worker checking the run it was handed); else every run (sweeper).
+    """
     now = utcnow()
+    only = (Run.id == run_id,) if run_id is not None else ()
     expired = list(
         session.scalars(
             update(Run)
             .where(
-                Run.status.in_([RunStatus.QUEUED, RunStatus.CREATED]), Run.queue_deadline_at < now
+                *only,
+                Run.status.in_([RunStatus.QUEUED, RunStatus.CREATED]),
+                Run.queue_deadline_at < now,
             )
             .values(
                 status=RunStatus.TIMED_OUT,

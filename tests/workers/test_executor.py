@@ -91,6 +91,19 @@ def test_execute_again_after_finish_is_a_no_op(
     assert counter.read_text() == "x\n"
 
 
+def test_run_whose_repository_was_unregistered_fails_with_the_reason(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+) -> None:
+    run_id = submit([{"id": "a", "run": "true"}])
+    with transaction(sessions) as session:
+        repos.remove(session, detail(sessions, run_id).repo)
+    assert RunExecutor(settings, sessions, "test-worker").execute(run_id) == "failed"
+    run = detail(sessions, run_id)
+    assert run.failure_reason is not None and "is not registered" in run.failure_reason
+    assert run.failure_reason.startswith("workspace: ") and run.started_at is not None
+    assert [(p.status, p.attempts) for p in run.phases] == [("skipped", [])]
+
+
 def test_failing_phase_retries_then_fails_run_and_skips_rest(
     sessions: sessionmaker[Session], settings: Settings, submit: Submit
 ) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
-from workers.gitcmd import GitError
+from workers.gitcmd import GitError, read_loose_ref, read_worktree_head
 from workers.phases import build_env
 from workers.workspace import Workspaces
 
@@ -114,6 +114,32 @@ def test_checkpoint_without_changes_makes_no_commit_but_keeps_the_phases_own_com
     (path / "b.txt").write_text("new\n")
     changed = spaces.commit_checkpoint(path, "phase 2")
     assert changed != own and git(path, "log", "-1", "--format=%s").strip() == "phase 2"
+
+
+def test_heads_and_refs_read_from_files_agree_with_git_or_fall_back_to_it(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    mirror = spaces.mirror_path("r")
+    commit = spaces.resolve_ref("r", "main")
+    assert commit == git(origin, "rev-parse", "HEAD").strip()
+    path = spaces.checkout("r", "run", commit)
+    assert read_worktree_head(path) == commit  # the run branch's loose ref, no git process
+    (path / "a.txt").write_text("2\n")
+    git(path, "commit", "-qam", "by the phase")
+    moved = git(path, "rev-parse", "HEAD").strip()
+    assert read_worktree_head(path) == moved == spaces.head(path)
+    git(path, "checkout", "-q", "--detach", commit)
+    assert read_worktree_head(path) == commit == spaces.head(path)  # detached: HEAD holds the sha
+    git(path, "checkout", "-q", "-B", "autopack/other")
+    git(path, "--git-dir", str(mirror), "pack-refs", "--all")
+    assert read_worktree_head(path) is None  # packed: git answers
+    assert spaces.head(path) == commit
+    assert read_loose_ref(mirror, "refs/remotes/origin/main") is None
+    assert spaces.resolve_ref("r", "main") == commit  # packed remote ref: git answers
+    for hostile in ("refs/../HEAD", "HEAD", "refs/remotes/origin/../../../HEAD"):
+        assert read_loose_ref(mirror, hostile) is None
 
 
 def test_phase_env_contains_only_allowlisted_worker_variables(

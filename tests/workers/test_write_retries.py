@@ -70,13 +70,15 @@ def test_write_is_retried_with_backoff_until_the_database_is_back(
 ) -> None:
     proxy, through = proxied
     ledger = Ledger(through, lease, retry_s=30)
-    ledger.set_base("a" * 40)  # a pooled connection now exists; the cut resets it
+    phase_pk = _phase_pk(sessions, lease.run_id)
+    ledger.record_drift(phase_pk, 0.1, False)  # a pooled connection now exists; the cut resets it
     proxy.cut()
     errors: list[BaseException] = []
 
     def write() -> None:
         try:
-            ledger.set_base("b" * 40)
+            ledger.set_base("b" * 40)  # kept, and written with the next fenced write
+            ledger.record_drift(phase_pk, 0.5, True)
         except BaseException as error:  # reported to the test thread
             errors.append(error)
 
@@ -89,6 +91,7 @@ def test_write_is_retried_with_backoff_until_the_database_is_back(
     assert not writer.is_alive() and errors == []
     with sessions() as session:
         assert session.scalar(select(Run.base_commit).where(Run.id == lease.run_id)) == "b" * 40
+        assert session.scalar(select(Phase.drift_score).where(Phase.pk == phase_pk)) == 0.5
     warnings = [
         r for r in caplog.records if r.name == "workers.ledger" and r.levelno == logging.WARNING
     ]
@@ -98,15 +101,35 @@ def test_write_is_retried_with_backoff_until_the_database_is_back(
 
 def test_write_gives_up_after_its_retry_budget(
     proxied: tuple[TcpProxy, sessionmaker[Session]],
+    sessions: sessionmaker[Session],
     lease: Lease,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy, through = proxied
+    phase_pk = _phase_pk(sessions, lease.run_id)
     proxy.cut()
     with pytest.raises(OperationalError):
-        Ledger(through, lease, retry_s=0.5).set_base("c" * 40)
+        Ledger(through, lease, retry_s=0.5).record_drift(phase_pk, 0.5, True)
     assert proxy.refused >= 2  # it did retry before giving up
-    assert "gave up writing the base commit" in caplog.text
+    assert "gave up writing the phase's drift score" in caplog.text
+
+
+def test_base_commit_is_written_with_the_next_fenced_write(
+    sessions: sessionmaker[Session], lease: Lease
+) -> None:
+    ledger = Ledger(sessions, lease)
+    ledger.set_base("d" * 40)
+
+    def base() -> str | None:
+        with sessions() as session:
+            return session.scalar(select(Run.base_commit).where(Run.id == lease.run_id))
+
+    assert base() is None  # not yet: no transaction of its own
+    with pytest.raises(RuntimeError), ledger.fenced():
+        raise RuntimeError("the write failed")
+    assert base() is None  # rolled back with it, and still pending
+    ledger.record_drift(_phase_pk(sessions, lease.run_id), 0.2, False)
+    assert base() == "d" * 40
 
 
 def _outcome(status: AttemptStatus, log: Path) -> AttemptOutcome:

@@ -103,6 +103,10 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_created_at_id", "created_at", "id"),
         Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
+        # Concurrency keys: slots held (key, running/cancelling) and waiters in order (key, queued).
+        Index(
+            "ix_runs_concurrency_key_status_created_at", "concurrency_key", "status", "created_at"
+        ),
     )
 
 

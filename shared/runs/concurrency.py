@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
@@ -91,12 +91,17 @@ def lock_key(session: Session, key: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(ADVISORY_NAMESPACE, func.hashtext(key))))
 
 
-def holders(session: Session, key: str, exclude: str | None = None) -> list[tuple[str, str]]:
-    """(run id, status) of the runs holding a slot of key, oldest start first."""
+def holders_query(key: str, exclude: str | None = None) -> Select[tuple[str, str]]:
+    """The runs holding a slot of key (ix_runs_concurrency_key_status_created_at finds them)."""
     query = select(Run.id, Run.status).where(Run.concurrency_key == key, Run.status.in_(OCCUPYING))
     if exclude is not None:
         query = query.where(Run.id != exclude)
-    rows = session.execute(query.order_by(Run.started_at, Run.id)).tuples()
+    return query.order_by(Run.started_at, Run.id)
+
+
+def holders(session: Session, key: str, exclude: str | None = None) -> list[tuple[str, str]]:
+    """(run id, status) of the runs holding a slot of key, oldest start first."""
+    rows = session.execute(holders_query(key, exclude)).tuples()
     return [(run_id, str(status)) for run_id, status in rows]
 
 
@@ -215,7 +220,18 @@ def waiters(session: Session, key: str) -> list[Waiter]:
     its own limit (the same rule `admit` applies); the first that could not ends the admissible ones.
     """
     held = len(holders(session, key))
-    rows = session.execute(
+    rows = session.execute(waiters_query(key)).tuples()
+    found: list[Waiter] = []
+    open_line = True
+    for position, (run_id, queue, enqueued_at, limit, on_conflict) in enumerate(rows):
+        open_line = open_line and held + position < (limit or 1)
+        found.append(Waiter(run_id, queue, enqueued_at, on_conflict or QUEUE, open_line))
+    return found
+
+
+def waiters_query(key: str) -> Select[tuple[str, str, datetime | None, int, str]]:
+    """The queued runs of key in admission order, with what `waiters` needs of each."""
+    return (
         select(
             Run.id,
             Run.queue,
@@ -226,13 +242,7 @@ def waiters(session: Session, key: str) -> list[Waiter]:
         .where(Run.concurrency_key == key, Run.status == RunStatus.QUEUED)
         .order_by(Run.created_at, Run.id)
         .limit(MAX_LIMIT + 1)
-    ).tuples()
-    found: list[Waiter] = []
-    open_line = True
-    for position, (run_id, queue, enqueued_at, limit, on_conflict) in enumerate(rows):
-        open_line = open_line and held + position < (limit or 1)
-        found.append(Waiter(run_id, queue, enqueued_at, on_conflict or QUEUE, open_line))
-    return found
+    )
 
 
 def kick(sessions: sessionmaker[Session], dispatcher: Dispatcher, key: str) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import CeleryDispatcher
@@ -28,7 +28,7 @@ from shared import repos
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrations import upgrade
 from shared.models import Attempt, Run, utcnow
-from shared.runs import events, repository, service
+from shared.runs import concurrency, events, repository, service
 from shared.runs.spec import RunCreate
 from shared.settings import Settings
 from tests.conftest import fresh_database, wait_until
@@ -399,3 +399,19 @@ def test_embedded_mode_waits_in_process_for_the_slot(
     assert holding.result() == "succeeded"
     assert waiting.result() == "succeeded"
     assert_no_overlap(sqlite, [first, second])
+
+
+def test_admission_queries_use_the_concurrency_key_index(pg: Stack) -> None:
+    """The key's holders and waiters are found through the index (migration 0011), not a scan."""
+    run_id = pg.submit()
+    with transaction(pg.sessions) as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table: force the choice
+        compile_pg = session.get_bind().dialect
+        for query in (
+            concurrency.holders_query(pg.key),
+            concurrency.waiters_query(pg.key),
+        ):
+            sql = str(query.compile(dialect=compile_pg, compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(session.scalars(text(f"EXPLAIN {sql}")))
+            assert "ix_runs_concurrency_key_status_created_at" in plan, plan
+    assert pg.status(run_id) == "queued"

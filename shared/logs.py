@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "autopack_log", default=None
 )
@@ -79,3 +81,16 @@ def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> Non
     root.setLevel(level.upper())
     # Alembic narrates every connection at INFO; only its warnings matter to an operator.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def warn_failed(log: logging.Logger, what: str, error: BaseException) -> None:
+    """Log a failed periodic job: one line while the database is unreachable, else the traceback.
+
+    An outage makes the sweeper and the heartbeat fail every interval; a traceback per interval
+    would bury everything else in the log, and says nothing the one line does not.
+    """
+    if isinstance(error, OperationalError | InterfaceError):
+        origin = str(getattr(error, "orig", None) or error).strip().splitlines()
+        log.warning("%s; will retry (database unreachable: %s)", what, origin[0] if origin else "")
+    else:
+        log.warning("%s; will retry", what, exc_info=error)

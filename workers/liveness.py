@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import workers_registry
 from shared.broker import queue_depths
 from shared.db import transaction
+from shared.logs import warn_failed
 from shared.models import utcnow
 from shared.settings import Settings
 
@@ -96,8 +97,8 @@ class Liveness:
         while not self._stop.wait(self.settings.heartbeat_interval_s):
             try:
                 self._beat()
-            except Exception:
-                logger.warning("worker heartbeat failed; will retry", exc_info=True)
+            except Exception as error:
+                warn_failed(logger, "worker heartbeat failed", error)
 
     def _beat(self) -> None:
         active = self.active_runs()

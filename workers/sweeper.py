@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.broker import queue_depths
 from shared.db import transaction
 from shared.dispatch import Dispatcher
+from shared.logs import warn_failed
 from shared.models import Phase, Run, utcnow
 from shared.runs import concurrency, service
 from shared.runs.states import PhaseStatus, RunStatus
@@ -259,8 +260,8 @@ class Sweeper:
                     )
                 requeue_lost_messages(self.sessions, self.dispatcher, self.settings, self._depth)
                 kick_waiting_runs(self.sessions, self.dispatcher, self.settings)
-            except Exception:
-                logger.warning("sweep failed; will retry", exc_info=True)
+            except Exception as error:
+                warn_failed(logger, "sweep failed", error)
             self._clean_up_if_due()
 
     def _clean_up_if_due(self) -> None:
@@ -270,5 +271,5 @@ class Sweeper:
         self._next_cleanup = time.monotonic() + self.settings.retention_interval_s
         try:
             clean_up(self.sessions, self.settings)
-        except Exception:
-            logger.warning("retention cleanup failed; will retry", exc_info=True)
+        except Exception as error:
+            warn_failed(logger, "retention cleanup failed", error)

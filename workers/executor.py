@@ -262,7 +262,8 @@ class RunExecutor:
                     f"autopack: phase {phase.phase_id} of run {run.id}",
                     changed=bool(changes),
                 )
-                ledger.phase_succeeded(phase.pk, checkpoint)
+                # The last phase's success is written with the run's outcome, in one transaction.
+                ledger.phase_succeeded(phase.pk, checkpoint, last=phase is phases[-1])
                 if self.settings.checkpoint_push:
                     try:
                         self.workspaces.push_checkpoint(run.repo, run.id, checkpoint)

@@ -86,6 +86,8 @@ class Ledger:
         self._succeeded: tuple[int, AttemptOutcome, datetime] | None = None
         # The base commit, written with the next fenced write (set_base).
         self._base: str | None = None
+        # The final phase's success (phase pk, checkpoint, when), written with finish_run.
+        self._last_phase: tuple[int, str, datetime] | None = None
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """call(), retried with backoff while the database is unreachable, for up to retry_s.
@@ -261,21 +263,36 @@ class Ledger:
                 .values(drift_score=round(score, 4), drift_flagged=flagged)
             )
 
+    def phase_succeeded(self, phase_pk: int, checkpoint: str, *, last: bool = False) -> None:
+        """Mark a phase done and move the run's checkpoint to its commit.
+
+        last=True (the run's final phase): written with finish_run, which comes next anyway. Until
+        then the phase is not succeeded on record, exactly as if the worker died before this call:
+        a resumed run runs it again, it never counts as succeeded twice.
+        """
+        if last:
+            self._last_phase = (phase_pk, checkpoint, utcnow())
+            return
+        self._write_phase_succeeded(phase_pk, checkpoint)
+
     @_retried("writing the phase's success")
-    def phase_succeeded(self, phase_pk: int, checkpoint: str) -> None:
-        """Mark a phase done and move the run's checkpoint to its commit."""
-        now = utcnow()
+    def _write_phase_succeeded(self, phase_pk: int, checkpoint: str) -> None:
         with self.fenced() as session:
-            self._store_succeeded(session)
-            session.execute(
-                update(Phase)
-                .where(Phase.pk == phase_pk)
-                .values(status=PhaseStatus.SUCCEEDED, finished_at=now, checkpoint_commit=checkpoint)
-            )
-            session.execute(
-                update(Run).where(Run.id == self.lease.run_id).values(checkpoint_commit=checkpoint)
-            )
+            self._store_phase_succeeded(session, phase_pk, checkpoint, utcnow())
         self._succeeded = None
+
+    def _store_phase_succeeded(
+        self, session: Session, phase_pk: int, checkpoint: str, now: datetime
+    ) -> None:
+        self._store_succeeded(session)
+        session.execute(
+            update(Phase)
+            .where(Phase.pk == phase_pk)
+            .values(status=PhaseStatus.SUCCEEDED, finished_at=now, checkpoint_commit=checkpoint)
+        )
+        session.execute(
+            update(Run).where(Run.id == self.lease.run_id).values(checkpoint_commit=checkpoint)
+        )
 
     @_retried("writing the phase's cancellation")
     def phase_cancelled(self, phase_pk: int) -> None:
@@ -343,6 +360,8 @@ class Ledger:
             "lease_expires_at": None,
         }
         with self.fenced() as session:
+            if self._last_phase is not None:
+                self._store_phase_succeeded(session, *self._last_phase)
             # Nothing of an ended run stays running (an internal error can stop it between an
             # attempt's end and its phase's).
             session.execute(
@@ -399,6 +418,7 @@ class Ledger:
                     )
                     .values(status=PhaseStatus.CANCELLED, finished_at=now)
                 )
+        self._last_phase = self._succeeded = None
 
     @_retried("reading the run")
     def load_run(self) -> tuple[Run, list[Phase]]:

@@ -101,24 +101,23 @@ def _attempts(sessions: sessionmaker[Session], run_id: str) -> tuple[Any, dict[s
         return run, {p.phase_id: [a.status for a in p.attempts] for p in run.phases}
 
 
-def test_short_outage_mid_run_is_ridden_out_by_write_retries(
+def _cut_during_phase_two(
     outage_api: tuple[Settings, httpx.Client],
     pg_proxy: tuple[TcpProxy, str],
     sessions: sessionmaker[Session],
-    register_repo: Callable[..., str],
+    repo: str,
     tmp_path: Path,
-) -> None:
+    **env: str,
+) -> tuple[Service, str]:
+    """A worker behind the proxy runs a run into phase 2; the database is then cut and, once the
+    worker noticed, phase 2 is let finish while it is still unreachable."""
     own, http = outage_api
     proxy, proxied_url = pg_proxy
-    # A lease long enough to outlast the outage; the retry budget is the default, min(30, ttl/2).
     worker = start_worker(
-        own,
-        tmp_path / "worker.log",
-        concurrency=1,
-        env={"DATABASE_URL": proxied_url, "AUTOPACK_LEASE_TTL_S": "20"},
+        own, tmp_path / "worker.log", concurrency=1, env={"DATABASE_URL": proxied_url, **env}
     )
     try:
-        run_id = _submit(http, register_repo(), tmp_path)
+        run_id = _submit(http, repo, tmp_path)
         wait_until(
             lambda: _waiting_phase_spawned(sessions, run_id), timeout=60, what="phase 2 to run"
         )
@@ -129,6 +128,26 @@ def test_short_outage_mid_run_is_ridden_out_by_write_retries(
             what="the worker to notice the outage",
         )
         (tmp_path / "go").touch()  # phase 2 ends while the database is unreachable
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, run_id
+
+
+def test_short_outage_mid_run_is_ridden_out_by_write_retries(
+    outage_api: tuple[Settings, httpx.Client],
+    pg_proxy: tuple[TcpProxy, str],
+    sessions: sessionmaker[Session],
+    register_repo: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    _, http = outage_api
+    proxy, _ = pg_proxy
+    # A lease long enough to outlast the outage; the retry budget is the default, min(30, ttl/2).
+    worker, run_id = _cut_during_phase_two(
+        outage_api, pg_proxy, sessions, register_repo(), tmp_path, AUTOPACK_LEASE_TTL_S="20"
+    )
+    try:
         wait_until(
             lambda: _in_log(worker, "database unreachable while writing"),
             timeout=30,
@@ -160,26 +179,12 @@ def test_outage_longer_than_retry_budget_resumes_the_run(
     register_repo: Callable[..., str],
     tmp_path: Path,
 ) -> None:
-    own, http = outage_api
-    proxy, proxied_url = pg_proxy
-    worker = start_worker(
-        own,
-        tmp_path / "worker.log",
-        concurrency=1,
-        env={"DATABASE_URL": proxied_url, "AUTOPACK_DB_RETRY_S": "1"},
+    _, http = outage_api
+    proxy, _ = pg_proxy
+    worker, run_id = _cut_during_phase_two(
+        outage_api, pg_proxy, sessions, register_repo(), tmp_path, AUTOPACK_DB_RETRY_S="1"
     )
     try:
-        run_id = _submit(http, register_repo(), tmp_path)
-        wait_until(
-            lambda: _waiting_phase_spawned(sessions, run_id), timeout=60, what="phase 2 to run"
-        )
-        proxy.cut()
-        wait_until(
-            lambda: _in_log(worker, "lease renewal failed"),
-            timeout=30,
-            what="the worker to notice the outage",
-        )
-        (tmp_path / "go").touch()
         # The outage outlasts the retry budget: the worker gives up and leaves the run to be resumed.
         wait_until(
             lambda: _in_log(worker, "abandoning the run for resumption"),

@@ -132,6 +132,9 @@ def test_finished_run_past_retention_loses_worktree_branch_and_checkpoint_refs(
     assert not host.has_ref(git, origin, checkpoint_ref(old))
     assert not (host.settings.data_dir / "logs" / old).exists()
     assert old not in git(host.mirror, "worktree", "list")
+    # the refs that stay are packed: no file per run branch for every fetch to read
+    assert not (host.mirror / "refs" / "heads" / run_branch(recent)).exists()
+    assert f"refs/heads/{run_branch(recent)}" in (host.mirror / "packed-refs").read_text()
     # within retention: everything stays
     assert host.spaces.worktree_path(recent).is_dir()
     assert host.has_ref(git, host.mirror, f"refs/heads/{run_branch(recent)}")

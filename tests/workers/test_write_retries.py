@@ -19,7 +19,7 @@ from shared.db import make_engine, make_session_factory, transaction
 from shared.models import Attempt, AttemptLog, Phase, Run
 from shared.runs import repository, service
 from shared.runs.spec import RunCreate
-from shared.runs.states import AttemptStatus
+from shared.runs.states import AttemptStatus, RunStatus
 from shared.settings import Settings
 from tests.conftest import wait_until
 from tests.faults import TcpProxy
@@ -252,3 +252,22 @@ def test_telemetry_write_failure_never_fails_the_run(
         assert run.status == "succeeded", run.failure_reason
         assert [p.status for p in run.phases] == ["succeeded"]
     assert "could not record the plan's metrics" in caplog.text  # the row was refused
+
+
+def test_last_phase_success_is_written_with_the_runs_outcome(
+    sessions: sessionmaker[Session], lease: Lease
+) -> None:
+    ledger = Ledger(sessions, lease)
+    phase_pk = _phase_pk(sessions, lease.run_id)
+
+    def recorded() -> tuple[str, str | None, str | None]:
+        with sessions() as session:
+            phase = session.get(Phase, phase_pk)
+            run = session.get(Run, lease.run_id)
+            assert phase is not None and run is not None
+            return phase.status, phase.checkpoint_commit, run.status
+
+    ledger.phase_succeeded(phase_pk, "e" * 40, last=True)
+    assert recorded() == ("pending", None, "running")  # as if the worker died here: runs again
+    ledger.finish_run(RunStatus.SUCCEEDED, result_commit="e" * 40)
+    assert recorded() == ("succeeded", "e" * 40, "succeeded")

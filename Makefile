@@ -28,10 +28,12 @@ services:
 test: install services
 	$(BIN)/pytest -n 2
 
-# System benchmark (about 3-5 minutes; BENCH_ARGS=--quick for about 2): prints the figures and
-# rewrites the generated block of bench/results-system.md.
+# Every benchmark (about 4-6 minutes): the system benchmark (BENCH_ARGS=--quick to shorten it), which
+# prints its table and rewrites the generated block of bench/results-system.md, then the dashboard
+# benchmark on 1,000,000 metric rows, which prints its table.
 bench: install services
 	$(BIN)/python -m bench.system --write-results $(BENCH_ARGS)
+	$(BIN)/python -m bench.dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

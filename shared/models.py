@@ -87,6 +87,10 @@ class Run(Base):
     queue_deadline_at: Mapped[datetime | None] = mapped_column(
         index=True
     )  # must have started by then
+    # Set when a delivery found the run's concurrency key full: since when and why it waits (the
+    # reason is refreshed on each later delivery; both stay after it starts, for the timeline).
+    waiting_since: Mapped[datetime | None]
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None]
     lease_token: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -164,12 +164,22 @@ def admit(session: Session, run_id: str) -> Admission:
         victims = running[: max(0, len(running) - policy.limit + 1)]
         _supersede(session, victims, run_id, key)
         return Admission(key=key, admitted=True, superseded=tuple(victims), holders=names)
-    return Admission(
-        key=key,
-        admitted=False,
-        waiting=True,
-        reason=f"waiting for concurrency key {key!r}: {occupancy}",
-        holders=names,
+    reason = f"waiting for concurrency key {key!r}: {occupancy}"
+    _note_waiting(session, run_id, reason)
+    return Admission(key=key, admitted=False, waiting=True, reason=reason, holders=names)
+
+
+def _note_waiting(session: Session, run_id: str, reason: str) -> None:
+    """Record why the run waits (shown by the API and the timeline); the first wait's time stays."""
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(
+            waiting_since=func.coalesce(Run.waiting_since, utcnow()),
+            waiting_reason=reason,
+            updated_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
     )
 
 

@@ -50,6 +50,14 @@ def timeline(session: Session, run: Run) -> list[RunEvent]:
             ),
         )
     ]
+    if run.waiting_since:
+        events.append(
+            RunEvent(
+                at=run.waiting_since,
+                kind="run.waiting",
+                detail=_compact({"reason": run.waiting_reason}),
+            )
+        )
     if run.started_at:
         events.append(RunEvent(at=run.started_at, kind="run.started"))
     for phase in run.phases:

@@ -48,13 +48,14 @@ def get_run_detail(session: Session, run_id: str) -> Run:
 
 def get_run_status_rows(
     session: Session, run_id: str
-) -> tuple[Row[tuple[str, str | None, str | None]], list[tuple[str, str]]]:
-    """(status, failure_reason, result_commit) of the run and (phase_id, status) of its phases.
+) -> tuple[Row[tuple[str, str | None, str | None, str | None]], list[tuple[str, str]]]:
+    """(status, failure_reason, result_commit, waiting_reason) of the run and (phase_id, status) of
+    its phases.
 
     Two narrow queries, no specs, attempts or logs: what status polls and long polls re-read.
     """
     run = session.execute(
-        select(Run.status, Run.failure_reason, Run.result_commit).where(
+        select(Run.status, Run.failure_reason, Run.result_commit, Run.waiting_reason).where(
             Run.id == _checked_id(run_id)
         )
     ).one_or_none()

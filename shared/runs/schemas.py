@@ -77,6 +77,8 @@ class RunRead(RunSummary):
     result_diffstat: str | None
     lease_owner: str | None
     intention_context_chars: int | None = None
+    # While queued behind its concurrency key: why (holders and older waiters); else null.
+    waiting_reason: str | None = None
     phases: list[PhaseRead]
 
 
@@ -98,3 +100,5 @@ class RunStatusRead(BaseModel):
     current_phase: str | None
     failure_reason: str | None
     result_commit: str | None
+    # While queued behind its concurrency key: why; else null.
+    waiting_reason: str | None = None

@@ -207,6 +207,8 @@ def expire_queue_waits(session: Session, run_id: str | None = None) -> list[str]
 def run_read(run: Run) -> RunRead:
     """The API view of a run (phases and attempts loaded), with the size of its intention context."""
     read = RunRead.model_validate(run)
+    if run.status != RunStatus.QUEUED:
+        read.waiting_reason = None  # kept on the row for the timeline, current only while queued
     anchor = IntentionAnchor.from_mapping(run.spec.get("intention"))
     read.intention_context_chars = render_intention_context(run.goal, anchor).chars
     return read
@@ -220,13 +222,16 @@ def status_of(run: Run) -> RunStatusRead:
         run.failure_reason,
         run.result_commit,
         [(phase.phase_id, phase.status) for phase in run.phases],
+        run.waiting_reason,
     )
 
 
 def read_status(session: Session, run_id: str) -> RunStatusRead:
     """The compact status of a run read with two narrow queries (status polls, long polls)."""
     run, phases = repository.get_run_status_rows(session, run_id)
-    return _compact_status(run_id, run.status, run.failure_reason, run.result_commit, phases)
+    return _compact_status(
+        run_id, run.status, run.failure_reason, run.result_commit, phases, run.waiting_reason
+    )
 
 
 def _compact_status(
@@ -235,6 +240,7 @@ def _compact_status(
     failure_reason: str | None,
     result_commit: str | None,
     phases: Sequence[tuple[str, str]],
+    waiting_reason: str | None = None,
 ) -> RunStatusRead:
     counts = Counter(phase_status for _, phase_status in phases)
     total = len(phases) or 1
@@ -251,4 +257,5 @@ def _compact_status(
         current_phase=current,
         failure_reason=failure_reason,
         result_commit=result_commit,
+        waiting_reason=waiting_reason if status == RunStatus.QUEUED else None,
     )

@@ -225,6 +225,36 @@ def test_limit_one_holds_and_a_finishing_run_sends_the_next(stack: Stack) -> Non
     assert_no_overlap(stack, [first, second, third])
 
 
+def test_a_waiting_run_says_why_until_it_starts_and_its_timeline_keeps_it(stack: Stack) -> None:
+    hold, started, release = stack.blocking("holder")
+    holder, waiting = stack.submit(hold), stack.submit()
+    executor = stack.executor()
+    holding = Background.execute(executor, holder)
+    wait_until(started.exists, what="the holder to start")
+    with stack.sessions() as session:
+        assert service.read_status(session, waiting).waiting_reason is None  # not delivered yet
+    assert executor.execute(waiting) is None
+    expected = f"waiting for concurrency key {stack.key!r}: 1 of 1 slot(s) held ({holder})"
+    with stack.sessions() as session:
+        assert service.read_status(session, waiting).waiting_reason == expected
+        run = repository.get_run_detail(session, waiting)
+        assert service.run_read(run).waiting_reason == expected
+        assert service.status_of(run).waiting_reason == expected
+    release.touch()
+    assert holding.result() == "succeeded"
+    assert executor.execute(waiting) == "succeeded"
+    with stack.sessions() as session:
+        run = repository.get_run_detail(session, waiting)
+        assert service.read_status(session, waiting).waiting_reason is None
+        assert service.run_read(run).waiting_reason is None
+        kinds = [(e.kind, e.detail) for e in events.timeline(session, run)]
+    assert kinds[:3] == [
+        ("run.created", {"repo": stack.repo, "ref": "main", "concurrency_key": stack.key}),
+        ("run.waiting", {"reason": expected}),
+        ("run.started", {}),
+    ]
+
+
 def test_waiting_runs_start_first_come_first_served(stack: Stack) -> None:
     older, newer = stack.submit(), stack.submit()
     executor = stack.executor()

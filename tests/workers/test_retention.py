@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable
@@ -296,3 +298,53 @@ def test_sweeper_runs_retention(
         )
     finally:
         sweeper.stop()
+
+
+def test_retention_lets_git_pack_a_mirrors_loose_objects_when_due(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    origin: Path,
+    tmp_path: Path,
+    git: Callable[..., str],
+) -> None:
+    host = Host(sessions, settings, origin, tmp_path / "host")
+    run_id = host.execute([{"id": "work", "run": "echo a > a.txt"}])
+    assert status(sessions, run_id) == "succeeded"
+    # 2,000 loose objects reachable from a branch, as many runs' checkpoints would leave
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for n in range(2000):
+        (blobs / str(n)).write_text(f"{n}\n")
+    env = {**os.environ, "GIT_DIR": str(host.mirror), "GIT_INDEX_FILE": str(tmp_path / "index")}
+    shas = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin-paths"],
+        input="\n".join(str(blobs / str(n)) for n in range(2000)),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    index_info = "".join(f"100644 {sha}\tf{n}\n" for n, sha in enumerate(shas))
+    subprocess.run(
+        ["git", "update-index", "--index-info"], input=index_info, env=env, check=True, text=True
+    )
+    tree = subprocess.run(
+        ["git", "write-tree"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    commit = git(host.mirror, "commit-tree", tree, "-m", "bulk").strip()
+    git(host.mirror, "update-ref", "refs/heads/bulk", commit)
+
+    def loose() -> int:
+        counts = dict(
+            line.split(": ") for line in git(host.mirror, "count-objects", "-v").splitlines()
+        )
+        return int(counts["count"])
+
+    assert loose() > 2000
+    git(host.mirror, "config", "gc.auto", "500")  # due at ~500 loose objects instead of 6,700
+    clean_up(sessions, host.settings)
+    # git found packing due: everything reachable is packed (a recent unreachable object or two
+    # stays loose until gc.pruneExpire)
+    assert loose() < 10
+    assert git(host.mirror, "cat-file", "-t", f"{commit}:f1999").strip() == "blob"
+    assert git(host.mirror, "cat-file", "-t", run_branch(run_id)).strip() == "commit"

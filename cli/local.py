@@ -16,7 +16,8 @@ from shared.errors import AutopackError, Conflict, InvalidInput
 from shared.repos import check_source
 from shared.runs import repository, service
 from shared.runs.states import RunStatus
-from workers.executor import RunExecutor, worker_identity
+from workers.attempts import worker_identity
+from workers.executor import RunExecutor
 
 
 def run_command(

@@ -22,7 +22,8 @@ from shared.runs import repository, service
 from shared.runs.spec import RunCreate
 from shared.runs.states import TERMINAL_RUN_STATUSES, PhaseStatus, RunStatus
 from shared.settings import Settings
-from workers.executor import RunExecutor, worker_identity
+from workers.attempts import worker_identity
+from workers.executor import RunExecutor
 
 WAITING = "waiting"  # not yet submitted (no free slot); a client-side state, not a run status
 SUBMITTING = "submitting"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -32,17 +30,23 @@ from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from shared.scope import outside_scope
 from shared.settings import Settings
 from workers import leases
+from workers.attempts import (
+    AttemptStep,
+    ExecutionObserver,
+    NullObserver,
+    safe_cwd,
+    with_overrides,
+)
 from workers.changes import ChangedPath, changed_paths
 from workers.disk import DiskLimit, effective_limit_mb
 from workers.doctor.doctor import Doctor
-from workers.hardening.base import RetryOverrides
 from workers.hardening.registry import PatternRegistry
 from workers.heartbeat import Heartbeat
 from workers.leases import Lease
 from workers.ledger import AttemptOutcome, Ledger, begin_in, snapshot_in
-from workers.phases import AttemptContext, PhaseRunner, build_env, resolve_cwd, runner_for
-from workers.process import CommandResult, kill_group
-from workers.recovery import Decision, FailedAttempt, PhaseRecovery, Recovery
+from workers.phases import AttemptContext, PhaseRunner, build_env, runner_for
+from workers.process import kill_group
+from workers.recovery import Decision, PhaseRecovery, Recovery
 from workers.toolchain import detect as detect_toolchains
 from workers.workspace import Workspaces
 
@@ -50,37 +54,6 @@ logger = logging.getLogger(__name__)
 
 COUNTED_FAILURES = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT)
 MAX_PHASES = 100
-
-
-class ExecutionObserver(Protocol):
-    """Receives progress as it happens (the CLI's live display)."""
-
-    def attempt_started(self, phase_id: str, attempt: int) -> None:
-        """An attempt of a phase began."""
-
-    def attempt_finished(self, phase_id: str, attempt: int, status: str) -> None:
-        """An attempt of a phase ended with status."""
-
-    def phase_finished(self, phase_id: str, status: str) -> None:
-        """A phase reached a final status."""
-
-
-class NullObserver:
-    """Ignores progress."""
-
-    def attempt_started(self, phase_id: str, attempt: int) -> None:
-        return None
-
-    def attempt_finished(self, phase_id: str, attempt: int, status: str) -> None:
-        return None
-
-    def phase_finished(self, phase_id: str, status: str) -> None:
-        return None
-
-
-def worker_identity() -> str:
-    """host:pid:nonce — unique per process incarnation."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -341,7 +314,7 @@ class RunExecutor:
         reason: str | None = "no attempt was made"
         while failures < phase.max_attempts and not self._deadline_exceeded(run):
             number += 1
-            spec = _with_overrides(phase.spec, state.overrides)
+            spec = with_overrides(phase.spec, state.overrides)
             if state.overrides.delay_s:
                 self._pause(state.overrides.delay_s, heartbeat)
                 state.overrides = replace(state.overrides, delay_s=0.0)
@@ -435,7 +408,7 @@ class RunExecutor:
             reason=reason,
             log_path=log_path,
             worktree=worktree,
-            cwd=_safe_cwd(worktree, spec.get("cwd")),
+            cwd=safe_cwd(worktree, spec.get("cwd")),
             commands=commands,
             env=build_env(self.settings, spec.get("env") or {}, env_extra),
             outside_scope=violations,
@@ -573,77 +546,3 @@ class RunExecutor:
             log_size=step.log_path.stat().st_size,
             mitigation=decision.mitigation if decision else None,
         )
-
-
-@dataclass(frozen=True)
-class AttemptStep:
-    """An attempt that ran, before it is recorded."""
-
-    attempt_id: int
-    number: int
-    result: CommandResult
-    reason: str | None
-    log_path: Path
-    worktree: Path
-    cwd: Path
-    commands: list[str]
-    env: dict[str, str]
-    outside_scope: list[str]
-    duration_s: float
-    secret_names: list[str]
-
-    @property
-    def status(self) -> AttemptStatus:
-        """How the attempt ended."""
-        if self.result.ok and self.reason is None:
-            return AttemptStatus.SUCCEEDED
-        if self.result.timed_out:
-            return AttemptStatus.TIMED_OUT
-        if self.result.stopped == "cancel requested":
-            return AttemptStatus.CANCELLED
-        return AttemptStatus.FAILED
-
-    def failed(self, attempts_left: bool) -> FailedAttempt:
-        """The view recovery reasons about."""
-        return FailedAttempt(
-            number=self.number,
-            worktree=self.worktree,
-            cwd=self.cwd,
-            commands=self.commands,
-            exit_code=self.result.exit_code,
-            signal=self.result.signal,
-            timed_out=self.result.timed_out,
-            output=_read_tail(self.log_path, RECOVERY_TAIL_BYTES),
-            outside_scope=self.outside_scope,
-            env=self.env,
-            log_path=self.log_path,
-            duration_s=self.duration_s,
-            attempts_left=attempts_left,
-        )
-
-
-RECOVERY_TAIL_BYTES = 65536
-
-
-def _read_tail(path: Path, size: int) -> str:
-    with path.open("rb") as handle:
-        handle.seek(0, 2)
-        handle.seek(max(handle.tell() - size, 0))
-        return handle.read().decode("utf-8", "replace")
-
-
-def _with_overrides(spec: dict[str, Any], overrides: RetryOverrides) -> dict[str, Any]:
-    """The phase spec as the next attempt runs it."""
-    effective = dict(spec)
-    if overrides.cwd is not None:
-        effective["cwd"] = overrides.cwd
-    if overrides.commands is not None:
-        effective["run"] = list(overrides.commands)
-    return effective
-
-
-def _safe_cwd(worktree: Path, cwd: str | None) -> Path:
-    try:
-        return resolve_cwd(worktree, cwd)
-    except ValueError:
-        return worktree.resolve()

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import make_engine, make_session_factory
 from shared.dispatch import Dispatcher
 from shared.settings import Settings, get_settings
-from workers.executor import RunExecutor, worker_identity
+from workers.attempts import worker_identity
+from workers.executor import RunExecutor
 
 
 @dataclass

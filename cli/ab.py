@@ -14,7 +14,8 @@ import typer
 from cli.client import make_client, request
 from cli.common import EXIT_FAILED, console, fail, load_spec
 from cli.context import load_settings
-from shared.analysis.ab import MAX_PAIRS, ABReport, ExperimentSummary, PairResult
+from shared.analysis.ab import MAX_PAIRS, ABReport, ExperimentSummary
+from shared.analysis.ab_measure import PairResult
 from shared.analysis.ab_metadata import apply_flags, collect_metadata, parse_flags
 from shared.errors import InvalidInput
 from shared.runs.states import TERMINAL_RUN_STATUSES

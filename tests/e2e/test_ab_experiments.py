@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from cli.ab import render_markdown
-from shared.analysis.ab import (
+from shared.analysis.ab import ABReport
+from shared.analysis.ab_measure import (
     CONVENTION,
-    ABReport,
     PairResult,
     RunMetrics,
     aggregate,

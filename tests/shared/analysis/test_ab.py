@@ -15,16 +15,13 @@ from shared import repos
 from shared.analysis.ab import (
     AdHocReportRequest,
     ExperimentCreate,
-    PairResult,
-    RunMetrics,
     adhoc_report,
-    aggregate,
     create_experiment,
     delta_for_run,
     experiment_read,
     experiment_report,
-    run_metrics,
 )
+from shared.analysis.ab_measure import PairResult, RunMetrics, aggregate, run_metrics
 from shared.analysis.ab_metadata import (
     RunFacts,
     apply_flags,

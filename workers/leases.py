@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import LeaseLost
@@ -26,9 +26,13 @@ class Lease:
 
 
 def acquire(session: Session, run_id: str, owner: str, ttl_s: float) -> Lease | None:
-    """Take a queued run, or one whose lease expired; None when someone else holds it or it ended."""
+    """Take a queued run, or one whose lease expired; None when someone else holds it or it ended.
+
+    The first taker also stamps the run's started_at. One statement: the new token comes back
+    with RETURNING (PostgreSQL, and SQLite since 3.35).
+    """
     now = utcnow()
-    result = session.execute(
+    token = session.execute(
         update(Run)
         .where(
             Run.id == run_id,
@@ -43,14 +47,14 @@ def acquire(session: Session, run_id: str, owner: str, ttl_s: float) -> Lease | 
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=ttl_s),
             lease_token=Run.lease_token + 1,
+            started_at=func.coalesce(Run.started_at, now),
             updated_at=now,
         )
+        .returning(Run.lease_token)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    ).scalar_one_or_none()
+    if token is None:
         return None
-    token = session.scalar(select(Run.lease_token).where(Run.id == run_id))
-    assert token is not None
     return Lease(run_id=run_id, owner=owner, token=token)
 
 

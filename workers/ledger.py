@@ -428,7 +428,13 @@ class Ledger:
 
 
 def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | None]]:
-    """begin_run's writes, in a transaction that holds the lease (fenced, or the one that took it)."""
+    """begin_run's writes, in a transaction that holds the lease (fenced, or the one that took it).
+
+    The run's started_at is stamped by leases.acquire; the first lease (token 1) has no earlier
+    holder whose attempts could be left running.
+    """
+    if lease.token <= 1:
+        return []
     now = utcnow()
     running_elsewhere = (
         Attempt.run_id == lease.run_id,

@@ -1,4 +1,4 @@
-"""A/B experiments: launch matched runs, measure each run, check each pair, aggregate the deltas."""
+"""A/B experiments: launch matched runs and build reports (measurement: ab_measure.py)."""
 
 from __future__ import annotations
 

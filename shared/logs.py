@@ -90,7 +90,12 @@ def warn_failed(log: logging.Logger, what: str, error: BaseException) -> None:
     would bury everything else in the log, and says nothing the one line does not.
     """
     if isinstance(error, OperationalError | InterfaceError):
-        origin = str(getattr(error, "orig", None) or error).strip().splitlines()
-        log.warning("%s; will retry (database unreachable: %s)", what, origin[0] if origin else "")
+        origin = getattr(error, "orig", None) or error
+        log.warning("%s; will retry (database unreachable: %s)", what, first_line(origin))
     else:
         log.warning("%s; will retry", what, exc_info=error)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type when empty), at most 200 characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -17,6 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shared.db import transaction
+from shared.logs import first_line
 from shared.models import Attempt, AttemptLog, Phase, Run, utcnow
 from shared.runs.spec import PhaseSpec
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
@@ -110,7 +111,7 @@ class Ledger:
                         "database unreachable while %s; retrying with backoff for up to %.1fs: %s",
                         what,
                         self.retry_s,
-                        _first_line(error),
+                        first_line(error),
                     )
                 if now >= deadline:
                     logger.warning(
@@ -151,7 +152,7 @@ class Ledger:
 
     @_retried("writing the run's start")
     def begin_run(self) -> list[tuple[str | None, int | None]]:
-        """Record the start time and mark attempts of earlier lease holders as lost.
+        """Mark attempts of earlier lease holders as lost (the start time is stamped by acquire).
 
         Returns (host, pgid) of the lost attempts, so a worker on the same host can kill leftovers.
         """
@@ -430,8 +431,7 @@ class Ledger:
 def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | None]]:
     """begin_run's writes, in a transaction that holds the lease (fenced, or the one that took it).
 
-    The run's started_at is stamped by leases.acquire; the first lease (token 1) has no earlier
-    holder whose attempts could be left running.
+    The first lease (token 1) has no earlier holder whose attempts could be left running.
     """
     if lease.token <= 1:
         return []
@@ -442,12 +442,6 @@ def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | Non
         Attempt.lease_token != lease.token,
     )
     lost = session.execute(select(Attempt.host, Attempt.pgid).where(*running_elsewhere)).all()
-    session.execute(
-        update(Run)
-        .where(Run.id == lease.run_id, Run.started_at.is_(None))
-        .values(started_at=now)
-        .execution_options(synchronize_session=False)
-    )
     if lost:
         session.execute(
             update(Attempt)
@@ -502,7 +496,3 @@ def _store_attempt(
                 size_bytes=outcome.log_size,
             )
         )
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -239,9 +239,21 @@ class Sweeper:
         """Begin sweeping."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop after the current sweep."""
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stop.is_set()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop, waiting (up to timeout_s) for a sweep in progress to finish.
+
+        The thread is a daemon: a worker exiting mid-sweep would cut it between marking runs
+        re-sent and sending them (they would then wait requeue_after_s for the next try) and
+        lose its log lines.
+        """
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.sweep_interval_s):

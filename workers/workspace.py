@@ -22,6 +22,9 @@ from workers.gitcmd import GitError, git, read_loose_ref, read_worktree_head
 logger = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+NULL_SHA = "0" * 40
+_BAD_WORKTREE_HEAD = re.compile(r"bad object worktrees/([A-Za-z0-9._-]+)/HEAD")
 SNAPSHOT_BRANCH = "main"
 
 
@@ -76,8 +79,54 @@ class Workspaces:
             if is_plain_dir:
                 self._snapshot(mirror, source_path)
             else:
-                git(["fetch", "--prune", "--tags", "--force", "-q", "origin"], git_dir=mirror)
+                self._fetch(mirror)
         return mirror
+
+    def _fetch(self, mirror: Path) -> None:
+        """Fetch the origin (lock held); repair a worktree left half-made by a killed worker first."""
+        fetch = ["fetch", "--prune", "--tags", "--force", "-q", "origin"]
+        try:
+            git(fetch, git_dir=mirror)
+        except GitError as error:
+            if not self._drop_half_made_worktrees(mirror, str(error)):
+                raise
+            git(fetch, git_dir=mirror)
+
+    def _drop_half_made_worktrees(self, mirror: Path, message: str) -> list[str]:
+        """Remove the worktrees a fetch named as bad objects whose HEAD is no commit; their names.
+
+        A `git worktree add` killed mid-way leaves the worktree's HEAD as git's placeholder (the
+        null object id), which makes every later fetch of the mirror fail its connectivity check.
+        With the mirror's lock held no add is in progress on this host, so such a worktree is
+        debris: its run, when resumed, checks out afresh.
+        """
+        dropped = []
+        for name in sorted(set(_BAD_WORKTREE_HEAD.findall(message))):
+            admin = mirror / "worktrees" / name
+            try:
+                head = (admin / "HEAD").read_text().strip()
+                target = Path((admin / "gitdir").read_text().strip()).parent
+            except OSError:
+                continue
+            if not _FULL_SHA.match(head):
+                continue  # a symbolic HEAD: not git's placeholder, left to git
+            if head != NULL_SHA and self._is_commit(mirror, head):
+                continue
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(admin, ignore_errors=True)
+            logger.warning(
+                "removed worktree %s of %s, left half-made by a killed worker (HEAD %s)",
+                name,
+                mirror.name,
+                head[:12],
+            )
+            dropped.append(name)
+        return dropped
+
+    def _is_commit(self, mirror: Path, sha: str) -> bool:
+        return (
+            git(["cat-file", "-e", f"{sha}^{{commit}}"], git_dir=mirror, allow_failure=True) == "ok"
+        )
 
     def _write_excludes(self, mirror: Path) -> None:
         info = mirror / "info"

@@ -10,6 +10,7 @@ import pytest
 
 from shared.settings import Settings
 from workers.gitcmd import GitError, read_loose_ref, read_worktree_head
+from workers.gitcmd import git as run_git
 from workers.phases import build_env
 from workers.workspace import Workspaces
 
@@ -114,6 +115,35 @@ def test_checkpoint_without_changes_makes_no_commit_but_keeps_the_phases_own_com
     (path / "b.txt").write_text("new\n")
     changed = spaces.commit_checkpoint(path, "phase 2")
     assert changed != own and git(path, "log", "-1", "--format=%s").strip() == "phase 2"
+
+
+def test_fetch_repairs_a_worktree_left_half_made_by_a_killed_worktree_add(
+    spaces: Workspaces,
+    make_repo: Callable[..., Path],
+    git: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    healthy = spaces.checkout("r", "healthy", commit)
+    broken = spaces.checkout("r", "killed", commit)
+    # What `git worktree add` leaves when killed before checkout: HEAD is git's null placeholder
+    # and the worktree is locked "initializing".
+    admin = spaces.mirror_path("r") / "worktrees" / "killed"
+    (admin / "HEAD").write_text("0" * 40 + "\n")
+    (admin / "locked").write_text("initializing\n")
+    (origin / "a.txt").write_text("2\n")
+    git(origin, "commit", "-qam", "second")
+    with pytest.raises(GitError, match="bad object worktrees/killed/HEAD"):
+        run_git(["fetch", "-q", "origin"], git_dir=spaces.mirror_path("r"))  # every run hit this
+
+    spaces.sync_mirror("r", str(origin))
+
+    assert spaces.resolve_ref("r", "main") == git(origin, "rev-parse", "HEAD").strip()
+    assert not admin.exists() and not broken.exists()
+    assert spaces.head(healthy) == commit  # other worktrees untouched
+    assert "left half-made by a killed worker" in caplog.text
 
 
 def test_heads_and_refs_read_from_files_agree_with_git_or_fall_back_to_it(

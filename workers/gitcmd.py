@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -93,3 +94,45 @@ def read_worktree_head(worktree: Path) -> str | None:
         return None
     common_dir = Path(common) if Path(common).is_absolute() else admin / common
     return read_loose_ref(common_dir, head.removeprefix("ref: "))
+
+
+def local_refs_fingerprint(source: str) -> str | None:
+    """A digest of the branches and tags of a repository on this host's disk; None when unsure.
+
+    It changes whenever a ref a fetch of `refs/heads/*` and tags would bring changes: a loose
+    ref's content, or the packed-refs file being rewritten (git replaces it by rename, so its
+    inode, size or mtime change). None for anything but a plain local repository with the files
+    ref store (a URL, a linked worktree, reftable) and while a ref update is in progress: the
+    caller then fetches.
+    """
+    path = Path(source)
+    if not path.is_absolute():
+        return None
+    git_dir = path / ".git" if (path / ".git").is_dir() else path
+    if not (git_dir / "HEAD").is_file() or not (git_dir / "refs").is_dir():
+        return None
+    if (git_dir / "commondir").exists() or (git_dir / "reftable").exists():
+        return None
+    digest = hashlib.sha256(str(git_dir).encode())
+    try:
+        try:
+            packed = (git_dir / "packed-refs").stat()
+            digest.update(
+                f"packed {packed.st_ino} {packed.st_size} {packed.st_mtime_ns}\n".encode()
+            )
+        except FileNotFoundError:
+            digest.update(b"packed none\n")
+        if (git_dir / "packed-refs.lock").exists():
+            return None
+        for namespace in ("heads", "tags"):
+            root = git_dir / "refs" / namespace
+            for folder, _dirs, files in sorted(os.walk(root)):
+                for name in sorted(files):
+                    if name.endswith(".lock"):
+                        return None
+                    file = Path(folder) / name
+                    digest.update(f"{file.relative_to(git_dir)} ".encode())
+                    digest.update(file.read_bytes())
+    except OSError:
+        return None
+    return digest.hexdigest()

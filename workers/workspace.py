@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import re
@@ -17,7 +18,13 @@ from shared.constants import (
     run_branch,
 )
 from shared.settings import Settings
-from workers.gitcmd import GitError, git, read_loose_ref, read_worktree_head
+from workers.gitcmd import (
+    GitError,
+    git,
+    local_refs_fingerprint,
+    read_loose_ref,
+    read_worktree_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +33,8 @@ _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 NULL_SHA = "0" * 40
 _BAD_WORKTREE_HEAD = re.compile(r"bad object worktrees/([A-Za-z0-9._-]+)/HEAD")
 SNAPSHOT_BRANCH = "main"
+# The local origin's refs fingerprint as of the last fetch (see Workspaces._fetch).
+ORIGIN_STATE_FILE = "autopack-origin-refs"
 
 
 class Workspaces:
@@ -58,9 +67,22 @@ class Workspaces:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def sync_mirror(self, repo: str, source: str) -> Path:
-        """Clone the mirror once, then fetch; a plain directory is imported as a snapshot commit."""
+    def sync_mirror(self, repo: str, source: str, *, want: str | None = None) -> Path:
+        """Clone the mirror once, then fetch; a plain directory is imported as a snapshot commit.
+
+        No fetch is needed, and none is made, when `want` is a full commit id the mirror already
+        holds, or when the origin is a repository on this host whose branches and tags are as they
+        were before the last fetch (`local_refs_fingerprint`).
+        """
         mirror = self.mirror_path(repo)
+        wanted_present = (
+            want is not None
+            and _FULL_SHA.match(want) is not None
+            and mirror.exists()
+            and self._is_commit(mirror, want)
+        )
+        if wanted_present:
+            return mirror
         with self.locked(repo):
             source_path = Path(source)
             is_plain_dir = source_path.is_dir() and not _is_git_repository(source_path)
@@ -79,11 +101,25 @@ class Workspaces:
             if is_plain_dir:
                 self._snapshot(mirror, source_path)
             else:
-                self._fetch(mirror)
+                self._fetch(mirror, source)
         return mirror
 
-    def _fetch(self, mirror: Path) -> None:
-        """Fetch the origin (lock held); repair a worktree left half-made by a killed worker first."""
+    def _fetch(self, mirror: Path, source: str) -> None:
+        """Fetch the origin (lock held) unless a local origin's refs are unchanged since the last.
+
+        The origin's fingerprint is taken before fetching, so a ref moved during the fetch leaves
+        a stale fingerprint: the next sync fetches again. A worktree left half-made by a killed
+        worker is repaired and the fetch made again.
+        """
+        state_file = mirror / ORIGIN_STATE_FILE
+        fingerprint = local_refs_fingerprint(source)
+        if fingerprint is not None:
+            try:
+                if state_file.read_text() == fingerprint:
+                    return
+            except OSError:
+                pass
+        state_file.unlink(missing_ok=True)
         fetch = ["fetch", "--prune", "--tags", "--force", "-q", "origin"]
         try:
             git(fetch, git_dir=mirror)
@@ -91,6 +127,8 @@ class Workspaces:
             if not self._drop_half_made_worktrees(mirror, str(error)):
                 raise
             git(fetch, git_dir=mirror)
+        if fingerprint is not None:
+            state_file.write_text(fingerprint)
 
     def _drop_half_made_worktrees(self, mirror: Path, message: str) -> list[str]:
         """Remove the worktrees a fetch named as bad objects whose HEAD is no commit; their names.
@@ -131,7 +169,15 @@ class Workspaces:
     def _write_excludes(self, mirror: Path) -> None:
         info = mirror / "info"
         info.mkdir(exist_ok=True)
-        (info / "exclude").write_text("\n".join(self.settings.checkpoint_excludes) + "\n")
+        content = "\n".join(self.settings.checkpoint_excludes) + "\n"
+        target = info / "exclude"
+        with contextlib.suppress(OSError):
+            if target.read_text() == content:
+                return
+        # Replaced whole: a checkpoint's `git add` in another run never reads a half-written file.
+        tmp = info / "exclude.autopack-tmp"
+        tmp.write_text(content)
+        tmp.replace(target)
 
     def _snapshot(self, mirror: Path, directory: Path) -> None:
         """Commit a plain directory's files onto origin/main of the mirror (no-op when unchanged)."""

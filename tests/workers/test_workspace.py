@@ -180,3 +180,82 @@ def test_phase_env_contains_only_allowlisted_worker_variables(
     env = build_env(Settings(), {"MINE": "1"}, {"AUTOPACK_RUN_ID": "r"})
     assert "AWS_SECRET_ACCESS_KEY" not in env
     assert env["LANG"] == "C.UTF-8" and env["MINE"] == "1" and env["AUTOPACK_RUN_ID"] == "r"
+
+
+def _sync_fetches(
+    spaces: Workspaces, repo: str, source: Path | str, want: str | None = None
+) -> bool:
+    """Whether this sync_mirror call ran a fetch (git writes FETCH_HEAD on every fetch)."""
+    fetch_head = spaces.mirror_path(repo) / "FETCH_HEAD"
+    fetch_head.unlink(missing_ok=True)
+    spaces.sync_mirror(repo, str(source), want=want)
+    return fetch_head.exists()
+
+
+def test_local_origin_with_unchanged_refs_is_not_fetched_again(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    assert _sync_fetches(spaces, "r", origin)
+    assert not _sync_fetches(spaces, "r", origin)  # nothing moved: no fetch
+    # A new commit on a branch: fetched.
+    (origin / "a.txt").write_text("2\n")
+    git(origin, "commit", "-qam", "second")
+    assert _sync_fetches(spaces, "r", origin)
+    assert spaces.resolve_ref("r", "main") == git(origin, "rev-parse", "HEAD").strip()
+    assert not _sync_fetches(spaces, "r", origin)
+    # A new tag, a new branch in a sub-folder, a deleted branch: each fetched.
+    git(origin, "tag", "v2")
+    assert _sync_fetches(spaces, "r", origin)
+    assert spaces.resolve_ref("r", "v2") == spaces.resolve_ref("r", "main")
+    git(origin, "branch", "feature/x")
+    assert _sync_fetches(spaces, "r", origin)
+    assert spaces.resolve_ref("r", "feature/x") == spaces.resolve_ref("r", "main")
+    git(origin, "branch", "-D", "feature/x")
+    assert _sync_fetches(spaces, "r", origin)
+    with pytest.raises(GitError, match="not found"):
+        spaces.resolve_ref("r", "feature/x")  # pruned
+    # Refs packed by the origin's gc, then a commit whose ref lives only in packed-refs.
+    git(origin, "pack-refs", "--all", "--prune")
+    assert _sync_fetches(spaces, "r", origin)
+    (origin / "a.txt").write_text("3\n")
+    git(origin, "commit", "-qam", "third")
+    git(origin, "pack-refs", "--all", "--prune")
+    assert _sync_fetches(spaces, "r", origin)
+    assert spaces.resolve_ref("r", "main") == git(origin, "rev-parse", "HEAD").strip()
+    assert not _sync_fetches(spaces, "r", origin)
+
+
+def test_a_failed_fetch_is_made_again_next_time(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    (origin / "a.txt").write_text("2\n")
+    git(origin, "commit", "-qam", "second")
+    objects = origin / ".git" / "objects"
+    objects.rename(origin / ".git" / "objects-away")  # the origin is unreadable for a moment
+    with pytest.raises(GitError):
+        spaces.sync_mirror("r", str(origin))
+    (origin / ".git" / "objects-away").rename(objects)
+    assert _sync_fetches(spaces, "r", origin)
+    assert spaces.resolve_ref("r", "main") == git(origin, "rev-parse", "HEAD").strip()
+
+
+def test_a_commit_the_mirror_holds_needs_no_fetch_whatever_the_origin(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    url = f"file://{origin}"  # a URL is never fingerprinted: a plain sync always fetches
+    assert _sync_fetches(spaces, "u", url)
+    first = spaces.resolve_ref("u", "main")
+    assert _sync_fetches(spaces, "u", url)
+    assert not _sync_fetches(spaces, "u", url, want=first)
+    assert _sync_fetches(spaces, "u", url, want="main")  # a branch may have moved
+    assert _sync_fetches(spaces, "u", url, want=first[:12])  # only a full id is trusted
+    (origin / "a.txt").write_text("2\n")
+    git(origin, "commit", "-qam", "second")
+    second = git(origin, "rev-parse", "HEAD").strip()
+    assert _sync_fetches(spaces, "u", url, want=second)  # not in the mirror yet
+    assert spaces.resolve_ref("u", second) == second
+    assert not _sync_fetches(spaces, "u", url, want=second)

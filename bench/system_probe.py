@@ -96,7 +96,6 @@ def install() -> None:
     _wrap(Workspaces, "resolve_ref", "resolve_ref")
     _wrap(Ledger, "set_base", "ledger.set_base")
     _wrap(Workspaces, "checkout", "worktree add (checkout)")
-    _wrap(RunExecutor, "_cancel_requested", "cancel check (SELECT)")
     _wrap(Ledger, "start_attempt", "ledger.start_attempt")
     _wrap(RunExecutor, "_log_path", "attempt log file")
     _wrap(phases.ShellPhaseRunner, "run", "phase command (bash -c true)")

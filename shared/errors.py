@@ -45,3 +45,7 @@ class LeaseLost(AutopackError):
 
 class NotMigrated(Permanent):
     """The database schema is not at the version this code needs."""
+
+
+class CancelRequested(AutopackError):
+    """The run's cancellation was requested: the worker starts no more work for it."""

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import repos
 from shared.db import transaction
 from shared.dispatch import Dispatcher
-from shared.errors import LeaseLost, NotFound
+from shared.errors import CancelRequested, LeaseLost, NotFound
 from shared.intention import check_drift, describe_phase_change
 from shared.logs import log_context
 from shared.metrics import recording
@@ -33,6 +33,7 @@ from workers import leases
 from workers.attempts import (
     AttemptStep,
     ExecutionObserver,
+    InBackground,
     NullObserver,
     safe_cwd,
     with_overrides,
@@ -115,7 +116,7 @@ class RunExecutor:
                 )
                 if lease is not None:
                     lost = begin_in(session, lease)
-                    run, phases = snapshot_in(session, run_id)
+                    run, phases = snapshot_in(session, run_id, first_lease=lease.token == 1)
                     try:
                         source: str | NotFound = repos.resolve(session, self.settings, run.repo)
                     except NotFound as error:  # unregistered since: the run fails, below
@@ -193,6 +194,7 @@ class RunExecutor:
                 logger.info("killed process group %s left by a dead worker", pgid)
         assert claim.run is not None and claim.source is not None
         run, phases = claim.run, claim.phases
+        ledger.cancel_requested = bool(run.cancel_requested)  # read by the claim just now
         try:
             if isinstance(claim.source, NotFound):
                 raise claim.source
@@ -215,17 +217,20 @@ class RunExecutor:
         for phase in phases:
             if phase.status in (PhaseStatus.SUCCEEDED, PhaseStatus.SKIPPED):
                 continue
-            if heartbeat.cancel_requested.is_set() or self._cancel_requested(run.id):
-                ledger.phase_cancelled(phase.pk)
-                self.observer.phase_finished(phase.phase_id, PhaseStatus.CANCELLED)
-                status, reason = RunStatus.CANCELLED, "cancelled by request"
+            # The flag as of the last write (or the claim); start_attempt checks it again.
+            if heartbeat.cancel_requested.is_set() or ledger.cancel_requested:
+                status, reason = self._cancel_phase(ledger, phase)
                 break
             deadline_reason = self._deadline_exceeded(run)
             if deadline_reason:
                 ledger.phase_failed(phase.pk, deadline_reason)
                 status, reason = RunStatus.TIMED_OUT, deadline_reason
                 break
-            phase_reason = self._run_phase(ledger, heartbeat, run, phase, worktree)
+            try:
+                phase_reason = self._run_phase(ledger, heartbeat, run, phase, worktree)
+            except CancelRequested:  # seen when an attempt was about to start
+                status, reason = self._cancel_phase(ledger, phase)
+                break
             changes = changed_paths(worktree) if phase_reason is None else []
             if phase_reason is None:
                 phase_reason = self._check_drift(ledger, run, phase, worktree, changes)
@@ -247,9 +252,7 @@ class RunExecutor:
             if heartbeat.lost.is_set():
                 raise LeaseLost("lease lost during the phase")
             if heartbeat.cancel_requested.is_set():
-                ledger.phase_cancelled(phase.pk)
-                self.observer.phase_finished(phase.phase_id, PhaseStatus.CANCELLED)
-                status, reason = RunStatus.CANCELLED, "cancelled by request"
+                status, reason = self._cancel_phase(ledger, phase)
                 break
             ledger.phase_failed(phase.pk, phase_reason)
             self.observer.phase_finished(phase.phase_id, PhaseStatus.FAILED)
@@ -269,8 +272,15 @@ class RunExecutor:
             self.workspaces.remove(run.repo, run.id)
         return status
 
+    def _cancel_phase(self, ledger: Ledger, phase: Phase) -> tuple[RunStatus, str]:
+        """Record the phase (and those after it) cancelled; the run's status and reason."""
+        ledger.phase_cancelled(phase.pk)
+        self.observer.phase_finished(phase.phase_id, PhaseStatus.CANCELLED)
+        return RunStatus.CANCELLED, "cancelled by request"
+
     def _prepare_worktree(self, ledger: Ledger, run: Run, source: str) -> tuple[Path, str]:
-        self.workspaces.sync_mirror(run.repo, source)
+        # A run resumed, or one naming a full commit id, needs no fetch when the mirror has it.
+        self.workspaces.sync_mirror(run.repo, source, want=run.base_commit or run.ref)
         base = run.base_commit
         if base is None:
             base = self.workspaces.resolve_ref(run.repo, run.ref)
@@ -380,6 +390,8 @@ class RunExecutor:
             "AUTOPACK_WORKTREE": str(worktree),
         }
         disk_limit_mb = effective_limit_mb(self.settings, run.spec.get("budgets"))
+        # Each command's process group is recorded while the command runs, not before.
+        recorder = InBackground(f"autopack-record-{run.id}")
         ctx = AttemptContext(
             settings=self.settings,
             worktree=worktree,
@@ -387,11 +399,18 @@ class RunExecutor:
             timeout_s=timeout,
             should_stop=heartbeat.stop_reason,
             env=env_extra,
-            on_spawn=functools.partial(ledger.record_process, attempt_id),
+            on_spawn=lambda pgid: recorder.submit(
+                functools.partial(ledger.record_process, attempt_id, pgid)
+            ),
             disk_limit=DiskLimit(worktree, disk_limit_mb) if disk_limit_mb else None,
         )
         started = time.monotonic()
-        result = runner.run(spec, ctx)
+        try:
+            result = runner.run(spec, ctx)
+        except BaseException:
+            recorder.wait(quiet=True)
+            raise
+        recorder.wait()
         # Mask secrets before anything reads the log (recovery, the Doctor, storage).
         redact_file(log_path, secret_values(self.settings, spec.get("secret_env") or []))
         scope = list(phase.spec.get("scope") or [])
@@ -461,14 +480,6 @@ class RunExecutor:
             return f"plan refused (confidence {plan.confidence:.2f}): {refusal}"
         ledger.create_phases(plan.phases)
         return None
-
-    def _cancel_requested(self, run_id: str) -> bool:
-        """Read the cancel flag now (the heartbeat only looks every interval)."""
-        try:
-            with self.sessions() as session:
-                return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
-        except (OperationalError, InterfaceError):
-            return False  # unreachable now: the heartbeat will see the flag, the next write retries
 
     def _check_drift(
         self, ledger: Ledger, run: Run, phase: Phase, worktree: Path, changes: list[ChangedPath]

@@ -72,17 +72,20 @@ def renew(session: Session, lease: Lease, ttl_s: float) -> bool:
     return bool(session.scalar(select(Run.cancel_requested).where(Run.id == lease.run_id)))
 
 
-def fence(session: Session, lease: Lease) -> None:
+def fence(session: Session, lease: Lease) -> bool:
     """Lock the run row if our token still holds it, so the writes that follow are fenced.
 
     The no-op UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) until commit,
-    so a takeover cannot interleave with this transaction.
+    so a takeover cannot interleave with this transaction. Returns whether cancellation was
+    requested (read in the same statement).
     """
-    result = session.execute(
+    cancel_requested = session.execute(
         update(Run)
         .where(Run.id == lease.run_id, Run.lease_token == lease.token)
         .values(updated_at=utcnow())
+        .returning(Run.cancel_requested)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    ).scalar_one_or_none()
+    if cancel_requested is None:
         raise LeaseLost(f"lease on run {lease.run_id} (token {lease.token}) was taken over")
+    return bool(cancel_requested)

@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import transaction
+from shared.errors import CancelRequested
 from shared.logs import first_line
 from shared.models import Attempt, AttemptLog, Phase, Run, utcnow
 from shared.runs.spec import PhaseSpec
@@ -89,6 +93,8 @@ class Ledger:
         self._base: str | None = None
         # The final phase's success (phase pk, checkpoint, when), written with finish_run.
         self._last_phase: tuple[int, str, datetime] | None = None
+        # Whether cancellation was requested, as of the last fenced write.
+        self.cancel_requested = False
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """call(), retried with backoff while the database is unreachable, for up to retry_s.
@@ -141,7 +147,7 @@ class Ledger:
         """
         base = self._base
         with transaction(self.sessions) as session:
-            leases.fence(session, self.lease)
+            self.cancel_requested = leases.fence(session, self.lease)
             if base is not None:
                 session.execute(
                     update(Run).where(Run.id == self.lease.run_id).values(base_commit=base)
@@ -199,39 +205,55 @@ class Ledger:
         with self.fenced() as session:
             session.execute(update(Attempt).where(Attempt.id == attempt_id).values(pgid=pgid))
 
-    @_retried("writing the attempt's start")
     def start_attempt(self, phase_pk: int, number: int, commands: list[str], host: str) -> int:
-        """Insert a running attempt and mark its phase running; returns the attempt id."""
+        """Insert a running attempt and mark its phase running; returns the attempt id.
+
+        Raises CancelRequested, writing nothing, when the run's cancellation was requested: the
+        check and the start are one transaction, so no attempt starts after a cancel request.
+        """
         now = utcnow()
-        with self.fenced() as session:
-            existing = session.scalar(
-                select(Attempt.id).where(
-                    Attempt.phase_pk == phase_pk,
-                    Attempt.number == number,
-                    Attempt.lease_token == self.lease.token,
+
+        def write() -> int:
+            with self.fenced() as session:
+                if self.cancel_requested:
+                    raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
+                session.execute(
+                    update(Phase)
+                    .where(Phase.pk == phase_pk)
+                    .values(
+                        status=PhaseStatus.RUNNING,
+                        started_at=func.coalesce(Phase.started_at, now),
+                        attempts_count=number,
+                    )
                 )
-            )
-            if existing is not None:
-                return existing  # an earlier try committed, and only its reply was lost
-            phase = session.get(Phase, phase_pk)
-            assert phase is not None
-            phase.status = PhaseStatus.RUNNING
-            phase.started_at = phase.started_at or now
-            phase.attempts_count = number
-            attempt = Attempt(
-                run_id=self.lease.run_id,
-                phase_pk=phase_pk,
-                number=number,
-                worker=self.lease.owner,
-                lease_token=self.lease.token,
-                status=AttemptStatus.RUNNING,
-                started_at=now,
-                commands=commands,
-                host=host,
-            )
-            session.add(attempt)
-            session.flush()
-            return attempt.id
+                inserted = _insert_new(
+                    session,
+                    Attempt,
+                    {
+                        "run_id": self.lease.run_id,
+                        "phase_pk": phase_pk,
+                        "number": number,
+                        "worker": self.lease.owner,
+                        "lease_token": self.lease.token,
+                        "status": AttemptStatus.RUNNING,
+                        "started_at": now,
+                        "commands": commands,
+                        "host": host,
+                    },
+                    returning=Attempt.id,
+                )
+                if inserted is not None:
+                    return int(inserted)
+                # An earlier try committed, and only its reply was lost.
+                return session.execute(
+                    select(Attempt.id).where(
+                        Attempt.phase_pk == phase_pk,
+                        Attempt.number == number,
+                        Attempt.lease_token == self.lease.token,
+                    )
+                ).scalar_one()
+
+        return self.retrying("writing the attempt's start", write)
 
     @_retried("writing the attempt's outcome")
     def finish_attempt(self, attempt_id: int, outcome: AttemptOutcome) -> None:
@@ -352,7 +374,7 @@ class Ledger:
     ) -> None:
         """Write the run's final status and release the lease (the token stays, for fencing)."""
         now = utcnow()
-        values = {
+        values: dict[str, Any] = {
             "failure_reason": reason,
             "result_commit": result_commit,
             "result_diffstat": diffstat,
@@ -362,7 +384,18 @@ class Ledger:
         }
         with self.fenced() as session:
             if self._last_phase is not None:
-                self._store_phase_succeeded(session, *self._last_phase)
+                phase_pk, checkpoint, succeeded_at = self._last_phase
+                self._store_succeeded(session)
+                session.execute(
+                    update(Phase)
+                    .where(Phase.pk == phase_pk)
+                    .values(
+                        status=PhaseStatus.SUCCEEDED,
+                        finished_at=succeeded_at,
+                        checkpoint_commit=checkpoint,
+                    )
+                )
+                values["checkpoint_commit"] = checkpoint
             # Nothing of an ended run stays running (an internal error can stop it between an
             # attempt's end and its phase's).
             session.execute(
@@ -374,19 +407,23 @@ class Ledger:
                     failure_reason=f"the run ended ({reason or status}) before this attempt was recorded",
                 )
             )
+            # A phase left running failed; one the run ended before (a workspace that could not
+            # be prepared, a cancel) never runs.
             session.execute(
                 update(Phase)
-                .where(Phase.run_id == self.lease.run_id, Phase.status == PhaseStatus.RUNNING)
-                .values(status=PhaseStatus.FAILED, finished_at=now)
-            )
-            # Phases a run ended before (a workspace that could not be prepared) never run.
-            session.execute(
-                update(Phase)
-                .where(Phase.run_id == self.lease.run_id, Phase.status == PhaseStatus.PENDING)
+                .where(
+                    Phase.run_id == self.lease.run_id,
+                    Phase.status.in_([PhaseStatus.RUNNING, PhaseStatus.PENDING]),
+                )
                 .values(
-                    status=PhaseStatus.CANCELLED
-                    if status == RunStatus.CANCELLED
-                    else PhaseStatus.SKIPPED,
+                    status=case(
+                        (Phase.status == PhaseStatus.RUNNING, str(PhaseStatus.FAILED)),
+                        else_=str(
+                            PhaseStatus.CANCELLED
+                            if status == RunStatus.CANCELLED
+                            else PhaseStatus.SKIPPED
+                        ),
+                    ),
                     finished_at=now,
                 )
             )
@@ -411,21 +448,15 @@ class Ledger:
                         },
                     )
                 )
-                session.execute(
-                    update(Phase)
-                    .where(
-                        Phase.run_id == self.lease.run_id,
-                        Phase.status.in_([PhaseStatus.PENDING, PhaseStatus.RUNNING]),
-                    )
-                    .values(status=PhaseStatus.CANCELLED, finished_at=now)
-                )
         self._last_phase = self._succeeded = None
 
     @_retried("reading the run")
     def load_run(self) -> tuple[Run, list[Phase]]:
         """A detached snapshot of the run and its phases, with attempts loaded."""
         with self.sessions() as session:
-            return snapshot_in(session, self.lease.run_id)
+            run, phases = snapshot_in(session, self.lease.run_id)
+        self.cancel_requested = bool(run.cancel_requested)
+        return run, phases
 
 
 def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | None]]:
@@ -456,18 +487,22 @@ def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | Non
     return [(host, pgid) for host, pgid in lost]
 
 
-def snapshot_in(session: Session, run_id: str) -> tuple[Run, list[Phase]]:
-    """A detached snapshot of the run and its phases with attempts loaded (expunges the session)."""
+def snapshot_in(
+    session: Session, run_id: str, *, first_lease: bool = False
+) -> tuple[Run, list[Phase]]:
+    """A detached snapshot of the run and its phases with attempts loaded (expunges the session).
+
+    first_lease: the run was never leased before, so it has no attempts to read.
+    """
     run = session.get(Run, run_id, populate_existing=True)
     assert run is not None
-    phases = list(
-        session.scalars(
-            select(Phase)
-            .where(Phase.run_id == run.id)
-            .order_by(Phase.position)
-            .options(selectinload(Phase.attempts))
-        )
-    )
+    query = select(Phase).where(Phase.run_id == run.id).order_by(Phase.position)
+    if not first_lease:
+        query = query.options(selectinload(Phase.attempts))
+    phases = list(session.scalars(query))
+    if first_lease:
+        for phase in phases:
+            set_committed_value(phase, "attempts", [])
     session.expunge_all()
     return run, phases
 
@@ -476,23 +511,43 @@ def _store_attempt(
     session: Session, attempt_id: int, outcome: AttemptOutcome, finished_at: datetime
 ) -> None:
     """Write an attempt's end and its log (idempotent: a retry after a landed commit is a no-op)."""
-    attempt = session.get(Attempt, attempt_id)
-    assert attempt is not None
-    attempt.status = outcome.status
-    attempt.finished_at = finished_at
-    attempt.exit_code = outcome.exit_code
-    attempt.signal = outcome.signal
-    attempt.failure_class = outcome.failure_class
-    attempt.failure_reason = outcome.failure_reason
-    attempt.output_tail = outcome.output_tail
-    attempt.log_path = outcome.log_path
-    attempt.mitigation = outcome.mitigation
-    if session.get(AttemptLog, attempt_id) is None:
-        session.add(
-            AttemptLog(
-                attempt_id=attempt_id,
-                content=outcome.log_content,
-                truncated=outcome.log_truncated,
-                size_bytes=outcome.log_size,
-            )
+    session.execute(
+        update(Attempt)
+        .where(Attempt.id == attempt_id)
+        .values(
+            status=outcome.status,
+            finished_at=finished_at,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            failure_class=outcome.failure_class,
+            failure_reason=outcome.failure_reason,
+            output_tail=outcome.output_tail,
+            log_path=outcome.log_path,
+            mitigation=outcome.mitigation,
         )
+        .execution_options(synchronize_session=False)
+    )
+    log = {
+        "attempt_id": attempt_id,
+        "content": outcome.log_content,
+        "truncated": outcome.log_truncated,
+        "size_bytes": outcome.log_size,
+    }
+    _insert_new(session, AttemptLog, log)
+
+
+def _insert_new(
+    session: Session, model: type[Any], values: dict[str, Any], returning: Any = None
+) -> Any:
+    """INSERT unless a row with the same unique key exists (ON CONFLICT DO NOTHING).
+
+    Returns the `returning` column of the inserted row, None when nothing was inserted. Keeps
+    retried writes idempotent without reading first.
+    """
+    dialect = session.get_bind().dialect.name
+    statement: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
+    statement = statement.values(values).on_conflict_do_nothing()
+    if returning is None:
+        session.execute(statement)
+        return None
+    return session.execute(statement.returning(returning)).scalar_one_or_none()

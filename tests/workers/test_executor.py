@@ -21,6 +21,7 @@ from shared.runs import repository, service
 from shared.runs.spec import RunCreate
 from shared.settings import Settings
 from tests.conftest import wait_until
+from workers.attempts import NullObserver
 from workers.executor import RunExecutor
 from workers.workspace import Workspaces
 
@@ -234,3 +235,29 @@ def test_takeover_fences_old_worker_and_resumes_from_checkpoint(
         (2, "succeeded", "new-worker"),
     ]
     assert [a.lease_token for a in run.phases[1].attempts] == [1, 3]
+
+
+class CancelAfter(NullObserver):
+    """Requests the run's cancellation (as the API does) once the named phase has finished."""
+
+    def __init__(self, sessions: sessionmaker[Session], run_id: str, phase_id: str) -> None:
+        self.sessions, self.run_id, self.phase_id = sessions, run_id, phase_id
+
+    def phase_finished(self, phase_id: str, status: str) -> None:
+        if phase_id == self.phase_id:
+            with transaction(self.sessions) as session:
+                service.cancel(session, self.run_id)
+
+
+def test_cancel_between_phases_starts_no_attempt_of_the_next(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit, tmp_path: Path
+) -> None:
+    marker = tmp_path / "second-ran"
+    run_id = submit([{"id": "first", "run": "true"}, {"id": "second", "run": f"touch {marker}"}])
+    executor = RunExecutor(settings, sessions, "test-worker")
+    executor.observer = CancelAfter(sessions, run_id, "first")
+    assert executor.execute(run_id) == "cancelled"
+    run = detail(sessions, run_id)
+    assert run.status == "cancelled" and run.failure_reason == "cancelled by request"
+    assert [(p.status, len(p.attempts)) for p in run.phases] == [("succeeded", 1), ("cancelled", 0)]
+    assert not marker.exists()

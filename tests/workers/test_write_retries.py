@@ -9,13 +9,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repos
 from shared.db import make_engine, make_session_factory, transaction
+from shared.errors import CancelRequested
 from shared.models import Attempt, AttemptLog, Phase, Run
 from shared.runs import repository, service
 from shared.runs.spec import RunCreate
@@ -271,3 +272,20 @@ def test_last_phase_success_is_written_with_the_runs_outcome(
     assert recorded() == ("pending", None, "running")  # as if the worker died here: runs again
     ledger.finish_run(RunStatus.SUCCEEDED, result_commit="e" * 40)
     assert recorded() == ("succeeded", "e" * 40, "succeeded")
+
+
+def test_no_attempt_starts_once_cancellation_is_requested(
+    sessions: sessionmaker[Session], lease: Lease
+) -> None:
+    """The cancel check and the attempt's start are one transaction: nothing starts after it."""
+    ledger = Ledger(sessions, lease)
+    phase_pk = _phase_pk(sessions, lease.run_id)
+    with transaction(sessions) as session:
+        session.execute(update(Run).where(Run.id == lease.run_id).values(cancel_requested=True))
+    with pytest.raises(CancelRequested):
+        ledger.start_attempt(phase_pk, 1, ["true"], "host")
+    assert ledger.cancel_requested
+    with sessions() as session:
+        assert session.scalars(select(Attempt).where(Attempt.phase_pk == phase_pk)).all() == []
+        phase = session.get(Phase, phase_pk)
+        assert phase is not None and phase.status == "pending" and phase.attempts_count == 0

@@ -205,6 +205,7 @@ class Ledger:
         with self.fenced() as session:
             session.execute(update(Attempt).where(Attempt.id == attempt_id).values(pgid=pgid))
 
+    @_retried("writing the attempt's start")
     def start_attempt(self, phase_pk: int, number: int, commands: list[str], host: str) -> int:
         """Insert a running attempt and mark its phase running; returns the attempt id.
 
@@ -212,48 +213,44 @@ class Ledger:
         check and the start are one transaction, so no attempt starts after a cancel request.
         """
         now = utcnow()
-
-        def write() -> int:
-            with self.fenced() as session:
-                if self.cancel_requested:
-                    raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
-                session.execute(
-                    update(Phase)
-                    .where(Phase.pk == phase_pk)
-                    .values(
-                        status=PhaseStatus.RUNNING,
-                        started_at=func.coalesce(Phase.started_at, now),
-                        attempts_count=number,
-                    )
+        with self.fenced() as session:
+            if self.cancel_requested:
+                raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
+            session.execute(
+                update(Phase)
+                .where(Phase.pk == phase_pk)
+                .values(
+                    status=PhaseStatus.RUNNING,
+                    started_at=func.coalesce(Phase.started_at, now),
+                    attempts_count=number,
                 )
-                inserted = _insert_new(
-                    session,
-                    Attempt,
-                    {
-                        "run_id": self.lease.run_id,
-                        "phase_pk": phase_pk,
-                        "number": number,
-                        "worker": self.lease.owner,
-                        "lease_token": self.lease.token,
-                        "status": AttemptStatus.RUNNING,
-                        "started_at": now,
-                        "commands": commands,
-                        "host": host,
-                    },
-                    returning=Attempt.id,
+            )
+            inserted = _insert_new(
+                session,
+                Attempt,
+                {
+                    "run_id": self.lease.run_id,
+                    "phase_pk": phase_pk,
+                    "number": number,
+                    "worker": self.lease.owner,
+                    "lease_token": self.lease.token,
+                    "status": AttemptStatus.RUNNING,
+                    "started_at": now,
+                    "commands": commands,
+                    "host": host,
+                },
+                returning=Attempt.id,
+            )
+            if inserted is not None:
+                return int(inserted)
+            # An earlier try committed, and only its reply was lost.
+            return session.execute(
+                select(Attempt.id).where(
+                    Attempt.phase_pk == phase_pk,
+                    Attempt.number == number,
+                    Attempt.lease_token == self.lease.token,
                 )
-                if inserted is not None:
-                    return int(inserted)
-                # An earlier try committed, and only its reply was lost.
-                return session.execute(
-                    select(Attempt.id).where(
-                        Attempt.phase_pk == phase_pk,
-                        Attempt.number == number,
-                        Attempt.lease_token == self.lease.token,
-                    )
-                ).scalar_one()
-
-        return self.retrying("writing the attempt's start", write)
+            ).scalar_one()
 
     @_retried("writing the attempt's outcome")
     def finish_attempt(self, attempt_id: int, outcome: AttemptOutcome) -> None:
@@ -305,7 +302,13 @@ class Ledger:
         self._succeeded = None
 
     def _store_phase_succeeded(
-        self, session: Session, phase_pk: int, checkpoint: str, now: datetime
+        self,
+        session: Session,
+        phase_pk: int,
+        checkpoint: str,
+        now: datetime,
+        *,
+        with_run: bool = True,
     ) -> None:
         self._store_succeeded(session)
         session.execute(
@@ -313,9 +316,10 @@ class Ledger:
             .where(Phase.pk == phase_pk)
             .values(status=PhaseStatus.SUCCEEDED, finished_at=now, checkpoint_commit=checkpoint)
         )
-        session.execute(
-            update(Run).where(Run.id == self.lease.run_id).values(checkpoint_commit=checkpoint)
-        )
+        if with_run:
+            session.execute(
+                update(Run).where(Run.id == self.lease.run_id).values(checkpoint_commit=checkpoint)
+            )
 
     @_retried("writing the phase's cancellation")
     def phase_cancelled(self, phase_pk: int) -> None:
@@ -384,18 +388,9 @@ class Ledger:
         }
         with self.fenced() as session:
             if self._last_phase is not None:
-                phase_pk, checkpoint, succeeded_at = self._last_phase
-                self._store_succeeded(session)
-                session.execute(
-                    update(Phase)
-                    .where(Phase.pk == phase_pk)
-                    .values(
-                        status=PhaseStatus.SUCCEEDED,
-                        finished_at=succeeded_at,
-                        checkpoint_commit=checkpoint,
-                    )
-                )
-                values["checkpoint_commit"] = checkpoint
+                # The run's checkpoint is written with its status, below.
+                self._store_phase_succeeded(session, *self._last_phase, with_run=False)
+                values["checkpoint_commit"] = self._last_phase[1]
             # Nothing of an ended run stays running (an internal error can stop it between an
             # attempt's end and its phase's).
             session.execute(

@@ -21,7 +21,7 @@ from shared.runs import repository, service
 from shared.runs.spec import RunCreate
 from shared.settings import Settings
 from tests.conftest import wait_until
-from workers.attempts import NullObserver
+from workers.attempts import InBackground, NullObserver
 from workers.executor import RunExecutor
 from workers.workspace import Workspaces
 
@@ -261,3 +261,30 @@ def test_cancel_between_phases_starts_no_attempt_of_the_next(
     assert run.status == "cancelled" and run.failure_reason == "cancelled by request"
     assert [(p.status, len(p.attempts)) for p in run.phases] == [("succeeded", 1), ("cancelled", 0)]
     assert not marker.exists()
+
+
+def test_background_writes_run_in_order_and_hand_their_error_to_the_waiter() -> None:
+    done: list[int] = []
+    release = threading.Event()
+    background = InBackground("test-writes")
+
+    def slow_first() -> None:
+        release.wait(10)
+        done.append(1)
+
+    background.submit(slow_first)
+    assert done == []  # submit returned while the write is still in progress
+    release.set()
+    background.submit(lambda: done.append(2))  # waits for the first
+    background.wait()
+    assert done == [1, 2]
+
+    def fail() -> None:
+        raise RuntimeError("lost")
+
+    background.submit(fail)
+    with pytest.raises(RuntimeError, match="lost"):
+        background.wait()
+    background.wait()  # the error was handed over once
+    background.submit(fail)
+    background.wait(quiet=True)

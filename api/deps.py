@@ -1,8 +1,12 @@
-"""Dependencies of the routes: settings, sessions, dispatcher, the authenticated caller."""
+"""Dependencies of the routes: settings, sessions, dispatcher, the authenticated caller.
+
+Those that never block are `async def`: FastAPI runs a plain `def` dependency on its thread
+pool, a hop per dependency per request. Only the key check, which reads the database, is sync.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -13,19 +17,19 @@ from shared import auth
 from shared.settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
     """The app's session factory; handlers open their own transaction."""
     sessions: sessionmaker[Session] = request.app.state.sessions
     return sessions
 
 
-def get_dispatcher(request: Request) -> CeleryDispatcher:
+async def get_dispatcher(request: Request) -> CeleryDispatcher:
     """The app's dispatcher."""
     dispatcher: CeleryDispatcher = request.app.state.dispatcher
     return dispatcher
@@ -50,8 +54,8 @@ def require_key(
         return auth.verify(session, settings, presented)
 
 
-def _scoped(scope: str) -> Callable[[auth.Caller], auth.Caller]:
-    def check(caller: Annotated[auth.Caller, Depends(require_key)]) -> auth.Caller:
+def _scoped(scope: str) -> Callable[[auth.Caller], Awaitable[auth.Caller]]:
+    async def check(caller: Annotated[auth.Caller, Depends(require_key)]) -> auth.Caller:
         caller.require(scope)
         return caller
 

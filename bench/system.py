@@ -1178,8 +1178,9 @@ def postmaster_pid(ctx: Ctx) -> int:
     """The parent of this connection's backend."""
     with psycopg.connect(ctx.libpq) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    stat = Path(f"/proc/{row[0]}/stat").read_text()
+        assert row is not None
+        # Read while the connection is open: its backend exits with it.
+        stat = Path(f"/proc/{row[0]}/stat").read_text()
     return int(stat[stat.rfind(")") + 2 :].split()[1])
 
 

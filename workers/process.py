@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -162,6 +163,42 @@ def kill_group(pgid: int) -> bool:
     return _signal_group(pgid, signal.SIGKILL)
 
 
+class _ExitWatch:
+    """Waits for a process to exit, waking the moment it does.
+
+    Popen.wait(timeout) polls with sleeps that grow to 50 ms, so a command lasting a millisecond
+    or two was noticed a few milliseconds late. A pidfd (Linux 5.3+) becomes readable at exit;
+    without one, Popen.wait's polling is used.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self._poller: select.poll | None = None
+        self._fd: int | None = None
+        try:
+            self._fd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # an old kernel, or the pid was already reaped
+            return
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether the process exited within timeout_s (it is reaped then)."""
+        if self._poller is None:
+            try:
+                self.process.wait(timeout=timeout_s)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        self._poller.poll(timeout_s * 1000)
+        return self.process.poll() is not None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = self._poller = None
+
+
 def _supervise(
     process: subprocess.Popen[bytes],
     log: IO[bytes],
@@ -175,30 +212,31 @@ def _supervise(
     timed_out = False
     stopped: str | None = None
     disk_exceeded = False
-    while True:
-        try:
-            process.wait(timeout=POLL_INTERVAL_S)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if time.monotonic() >= deadline:
-            timed_out = True
-        else:
-            stopped = should_stop()
-        if not timed_out and not stopped and disk_limit is not None:
-            stopped = disk_limit.poll()
-            disk_exceeded = stopped is not None
-        if timed_out or stopped:
-            reason = "timeout" if timed_out else stopped
-            logger.info("stopping process group %s (%s)", process.pid, reason)
-            # A cancelled command gets SIGINT first, like Ctrl-C, so it can clean up.
-            signals_sent = terminate_group(
-                process, grace_s, interrupt_first=stopped == "cancel requested"
-            )
-            log.write(
-                f"\n[autopack] sent {', '.join(signals_sent) or 'nothing (already gone)'} to the process group\n".encode()
-            )
-            break
+    exit_watch = _ExitWatch(process)
+    try:
+        while True:
+            if exit_watch.wait(POLL_INTERVAL_S):
+                break
+            if time.monotonic() >= deadline:
+                timed_out = True
+            else:
+                stopped = should_stop()
+            if not timed_out and not stopped and disk_limit is not None:
+                stopped = disk_limit.poll()
+                disk_exceeded = stopped is not None
+            if timed_out or stopped:
+                reason = "timeout" if timed_out else stopped
+                logger.info("stopping process group %s (%s)", process.pid, reason)
+                # A cancelled command gets SIGINT first, like Ctrl-C, so it can clean up.
+                signals_sent = terminate_group(
+                    process, grace_s, interrupt_first=stopped == "cancel requested"
+                )
+                log.write(
+                    f"\n[autopack] sent {', '.join(signals_sent) or 'nothing (already gone)'} to the process group\n".encode()
+                )
+                break
+    finally:
+        exit_watch.close()
     # Background children that outlived the command would leak into the next one.
     _signal_group(process.pid, signal.SIGKILL)
     code = process.returncode

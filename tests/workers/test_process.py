@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 from tests.conftest import wait_until
-from workers.process import run_command
+from workers.process import _ExitWatch, run_command
 
 
 def alive(pid: int) -> bool:
@@ -68,3 +70,19 @@ def test_run_command_kills_background_leftovers_after_exit(tmp_path: Path) -> No
     wait_until(
         lambda: not alive(int(pid_file.read_text())), timeout=10, what="background child to die"
     )
+
+
+def test_exit_watch_wakes_at_exit_and_reaps() -> None:
+    process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    watch = _ExitWatch(process)
+    try:
+        assert watch._fd is not None  # Linux: a pidfd, not Popen.wait's sleep loop
+        assert watch.wait(0.01) is False and process.returncode is None
+        process.terminate()
+        assert watch.wait(30) is True
+        assert process.returncode == -signal.SIGTERM
+    finally:
+        watch.close()
+        if process.returncode is None:
+            process.kill()
+            process.wait()

@@ -229,18 +229,26 @@ def waiters(session: Session, key: str) -> list[Waiter]:
     The i-th waiter could start when the slots held plus the i waiters before it leave room under
     its own limit (the same rule `admit` applies); the first that could not ends the admissible ones.
     """
-    held = len(holders(session, key))
+    # One statement, so the slots held and the queue come from the same snapshot: read apart, a
+    # run taking its lease in between counted in neither, and one run too many was sent.
     rows = session.execute(waiters_query(key)).tuples()
     found: list[Waiter] = []
     open_line = True
-    for position, (run_id, queue, enqueued_at, limit, on_conflict) in enumerate(rows):
+    for position, (run_id, queue, enqueued_at, limit, on_conflict, held) in enumerate(rows):
         open_line = open_line and held + position < (limit or 1)
         found.append(Waiter(run_id, queue, enqueued_at, on_conflict or QUEUE, open_line))
     return found
 
 
-def waiters_query(key: str) -> Select[tuple[str, str, datetime | None, int, str]]:
-    """The queued runs of key in admission order, with what `waiters` needs of each."""
+def waiters_query(key: str) -> Select[tuple[str, str, datetime | None, int, str, int]]:
+    """The queued runs of key in admission order, with what `waiters` needs of each and the
+    number of slots held (the same on every row)."""
+    held = (
+        select(func.count())
+        .select_from(Run)
+        .where(Run.concurrency_key == key, Run.status.in_(OCCUPYING))
+        .scalar_subquery()
+    )
     return (
         select(
             Run.id,
@@ -248,6 +256,7 @@ def waiters_query(key: str) -> Select[tuple[str, str, datetime | None, int, str]
             Run.enqueued_at,
             Run.spec[("concurrency", "limit")].as_integer(),
             Run.spec[("concurrency", "on_conflict")].as_string(),
+            held,
         )
         .where(Run.concurrency_key == key, Run.status == RunStatus.QUEUED)
         .order_by(Run.created_at, Run.id)

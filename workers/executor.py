@@ -279,8 +279,14 @@ class RunExecutor:
         return RunStatus.CANCELLED, "cancelled by request"
 
     def _prepare_worktree(self, ledger: Ledger, run: Run, source: str) -> tuple[Path, str]:
-        # A run resumed, or one naming a full commit id, needs no fetch when the mirror has it.
-        self.workspaces.sync_mirror(run.repo, source, want=run.base_commit or run.ref)
+        # A run resumed, or one naming a full commit id, needs no fetch when the mirror has it;
+        # a fetch begun since the run started (by a run that arrived with it) serves it too.
+        self.workspaces.sync_mirror(
+            run.repo,
+            source,
+            want=run.base_commit or run.ref,
+            since=run.started_at.timestamp() if run.started_at else None,
+        )
         base = run.base_commit
         if base is None:
             base = self.workspaces.resolve_ref(run.repo, run.ref)

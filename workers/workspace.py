@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,8 +35,8 @@ _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 NULL_SHA = "0" * 40
 _BAD_WORKTREE_HEAD = re.compile(r"bad object worktrees/([A-Za-z0-9._-]+)/HEAD")
 SNAPSHOT_BRANCH = "main"
-# The local origin's refs fingerprint as of the last fetch (see Workspaces._fetch).
-ORIGIN_STATE_FILE = "autopack-origin-refs"
+# When the last completed fetch started, and the local origin's refs fingerprint taken then.
+FETCH_STATE_FILE = "autopack-last-fetch.json"
 
 
 class Workspaces:
@@ -67,12 +69,17 @@ class Workspaces:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def sync_mirror(self, repo: str, source: str, *, want: str | None = None) -> Path:
+    def sync_mirror(
+        self, repo: str, source: str, *, want: str | None = None, since: float | None = None
+    ) -> Path:
         """Clone the mirror once, then fetch; a plain directory is imported as a snapshot commit.
 
-        No fetch is needed, and none is made, when `want` is a full commit id the mirror already
-        holds, or when the origin is a repository on this host whose branches and tags are as they
-        were before the last fetch (`local_refs_fingerprint`).
+        No fetch is needed, and none is made, when it cannot bring anything the caller needs:
+        `want` is a full commit id the mirror already holds; the origin is a repository on this
+        host whose branches and tags are as they were before the last fetch
+        (`local_refs_fingerprint`); or a fetch that started at or after `since` (epoch seconds:
+        when the caller's run started) has completed while the caller waited for the mirror's
+        lock, so runs arriving together on one host share a fetch.
         """
         mirror = self.mirror_path(repo)
         wanted_present = (
@@ -101,25 +108,27 @@ class Workspaces:
             if is_plain_dir:
                 self._snapshot(mirror, source_path)
             else:
-                self._fetch(mirror, source)
+                self._fetch(mirror, source, since)
         return mirror
 
-    def _fetch(self, mirror: Path, source: str) -> None:
-        """Fetch the origin (lock held) unless a local origin's refs are unchanged since the last.
+    def _fetch(self, mirror: Path, source: str, since: float | None) -> None:
+        """Fetch the origin (lock held) unless the last fetch already serves (see sync_mirror).
 
-        The origin's fingerprint is taken before fetching, so a ref moved during the fetch leaves
-        a stale fingerprint: the next sync fetches again. A worktree left half-made by a killed
+        The origin's fingerprint and the start time are taken before fetching, so a ref moved
+        during the fetch leaves a stale fingerprint (the next sync fetches again) and a run that
+        started during it does not count it as its own. A worktree left half-made by a killed
         worker is repaired and the fetch made again.
         """
-        state_file = mirror / ORIGIN_STATE_FILE
+        state_file = mirror / FETCH_STATE_FILE
+        last = _read_fetch_state(state_file)
         fingerprint = local_refs_fingerprint(source)
-        if fingerprint is not None:
-            try:
-                if state_file.read_text() == fingerprint:
-                    return
-            except OSError:
-                pass
+        if fingerprint is not None and last.get("fingerprint") == fingerprint:
+            return
+        started = last.get("started")
+        if since is not None and isinstance(started, float) and started >= since:
+            return
         state_file.unlink(missing_ok=True)
+        now = time.time()
         fetch = ["fetch", "--prune", "--tags", "--force", "-q", "origin"]
         try:
             git(fetch, git_dir=mirror)
@@ -127,8 +136,7 @@ class Workspaces:
             if not self._drop_half_made_worktrees(mirror, str(error)):
                 raise
             git(fetch, git_dir=mirror)
-        if fingerprint is not None:
-            state_file.write_text(fingerprint)
+        state_file.write_text(json.dumps({"fingerprint": fingerprint, "started": now}))
 
     def _drop_half_made_worktrees(self, mirror: Path, message: str) -> list[str]:
         """Remove the worktrees a fetch named as bad objects whose HEAD is no commit; their names.
@@ -341,6 +349,15 @@ class Workspaces:
         if removed:
             logger.info("removed orphaned worktrees: %s", ", ".join(removed))
         return removed
+
+
+def _read_fetch_state(path: Path) -> dict[str, object]:
+    """The last fetch's record; empty when there is none or it cannot be read."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _is_git_repository(path: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from shared.settings import Settings
 from workers.gitcmd import GitError, read_loose_ref, read_worktree_head
 from workers.gitcmd import git as run_git
 from workers.phases import build_env
-from workers.workspace import Workspaces
+from workers.workspace import FETCH_STATE_FILE, Workspaces
 
 
 @pytest.fixture
@@ -183,12 +184,16 @@ def test_phase_env_contains_only_allowlisted_worker_variables(
 
 
 def _sync_fetches(
-    spaces: Workspaces, repo: str, source: Path | str, want: str | None = None
+    spaces: Workspaces,
+    repo: str,
+    source: Path | str,
+    want: str | None = None,
+    since: float | None = None,
 ) -> bool:
     """Whether this sync_mirror call ran a fetch (git writes FETCH_HEAD on every fetch)."""
     fetch_head = spaces.mirror_path(repo) / "FETCH_HEAD"
     fetch_head.unlink(missing_ok=True)
-    spaces.sync_mirror(repo, str(source), want=want)
+    spaces.sync_mirror(repo, str(source), want=want, since=since)
     return fetch_head.exists()
 
 
@@ -259,3 +264,24 @@ def test_a_commit_the_mirror_holds_needs_no_fetch_whatever_the_origin(
     assert _sync_fetches(spaces, "u", url, want=second)  # not in the mirror yet
     assert spaces.resolve_ref("u", second) == second
     assert not _sync_fetches(spaces, "u", url, want=second)
+
+
+def test_runs_that_started_before_a_fetch_began_share_it(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    url = f"file://{origin}"  # a URL: only the shared-fetch rule can spare a fetch
+    run_a_started = time.time()
+    run_b_started = time.time()
+    assert _sync_fetches(spaces, "u", url, since=run_a_started)  # run A fetches
+    # Run B started before A's fetch began: A's fetch is as new as B needs.
+    assert not _sync_fetches(spaces, "u", url, since=run_b_started)
+    # A run that started after the last fetch began fetches, and sees what was pushed meanwhile.
+    (origin / "a.txt").write_text("2\n")
+    git(origin, "commit", "-qam", "second")
+    assert _sync_fetches(spaces, "u", url, since=time.time())
+    assert spaces.resolve_ref("u", "main") == git(origin, "rev-parse", "HEAD").strip()
+    assert _sync_fetches(spaces, "u", url)  # no start time given: always fetched
+    # An unreadable record is no record: fetched.
+    (spaces.mirror_path("u") / FETCH_STATE_FILE).write_text("{not json")
+    assert _sync_fetches(spaces, "u", url, since=run_a_started)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     output_tail_bytes: int = 8192
     max_log_bytes: int = 1_048_576
     keep_failed_worktrees: bool = False
+    # Workers keep one spare checkout per repository (under DATA_DIR/spares), made after a run
+    # ends, so the next run's worktree is a rename and a branch switch instead of a checkout.
+    spare_worktree: bool = True
     # Finished runs' worktrees, run branches and checkpoint refs (mirror and origin) are removed this
     # long after the run ended, by the reconciler of each worker, every retention_interval_s.
     retention_s: float = 7 * 24 * 3600

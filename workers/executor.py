@@ -41,6 +41,7 @@ from workers.attempts import (
 from workers.changes import ChangedPath, changed_paths
 from workers.disk import DiskLimit, effective_limit_mb
 from workers.doctor.doctor import Doctor
+from workers.gitcmd import GitError
 from workers.hardening.registry import PatternRegistry
 from workers.heartbeat import Heartbeat
 from workers.leases import Lease
@@ -82,6 +83,8 @@ class RunExecutor:
     dispatcher: Dispatcher | None = None
     # Embedded mode: a run waiting for its concurrency key waits in execute() instead of returning.
     wait_for_admission: bool = False
+    # Workers: after each run, check out a spare worktree of its repository for the next one.
+    keep_spare: bool = False
 
     def __post_init__(self) -> None:
         self.workspaces = Workspaces(self.settings)
@@ -270,7 +273,20 @@ class RunExecutor:
             or not self.settings.keep_failed_worktrees
         ):
             self.workspaces.remove(run.repo, run.id)
+        if self.keep_spare:
+            self._prepare_spare(run, base)
         return status
+
+    def _prepare_spare(self, run: Run, base: str) -> None:
+        """Check out the repository's spare for its next run on this host (never fails the run)."""
+        try:
+            try:
+                commit = self.workspaces.resolve_ref(run.repo, run.ref)  # the tip as last fetched
+            except GitError:
+                commit = base
+            self.workspaces.prepare_spare(run.repo, commit)
+        except Exception as error:
+            logger.warning("could not prepare a spare worktree of %s: %s", run.repo, error)
 
     def _cancel_phase(self, ledger: Ledger, phase: Phase) -> tuple[RunStatus, str]:
         """Record the phase (and those after it) cancelled; the run's status and reason."""

@@ -42,7 +42,11 @@ def runtime() -> Runtime:
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
     executor = RunExecutor(
-        settings, sessions, worker_identity(), dispatcher=_dispatcher[0] if _dispatcher else None
+        settings,
+        sessions,
+        worker_identity(),
+        dispatcher=_dispatcher[0] if _dispatcher else None,
+        keep_spare=settings.spare_worktree,
     )
     return Runtime(settings, engine, sessions, executor)
 

@@ -59,6 +59,10 @@ class Workspaces:
         """The worktree a run executes in."""
         return self.worktrees / run_id
 
+    def spare_path(self, repo: str) -> Path:
+        """A checkout of the repository made ahead of its next run (see prepare_spare)."""
+        return self.root / "spares" / repo
+
     @contextmanager
     def locked(self, repo: str) -> Iterator[None]:
         """Serialize mirror updates and worktree bookkeeping across processes on this host."""
@@ -230,6 +234,8 @@ class Workspaces:
         add = ["worktree", "add", "-q", "--force", "-B", run_branch(run_id), str(path), commit]
         with self.locked(repo):
             self._remove_locked(mirror, path)
+            if self._adopt_spare(repo, path, run_id, commit):
+                return path
             try:
                 git(add, git_dir=mirror)
             except GitError:
@@ -245,6 +251,50 @@ class Workspaces:
                 git(["worktree", "prune"], git_dir=mirror, check=False)
                 git(add, git_dir=mirror)
         return path
+
+    def prepare_spare(self, repo: str, commit: str) -> None:
+        """Check out commit ahead of the mirror's next run, unless a spare is ready already.
+
+        `checkout` then moves the spare to the run's path and switches it to the run's commit on
+        the run's branch: two quick git commands instead of writing every file, and only the files
+        that differ when the commit moved on meanwhile.
+        """
+        mirror = self.mirror_path(repo)
+        spare = self.spare_path(repo)
+        with self.locked(repo):
+            if spare.exists() or not mirror.exists():
+                return
+            spare.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                git(["worktree", "add", "-q", "--detach", str(spare), commit], git_dir=mirror)
+            except GitError:
+                self._remove_locked(mirror, spare)
+                raise
+
+    def _adopt_spare(self, repo: str, path: Path, run_id: str, commit: str) -> bool:
+        """Turn the mirror's spare into the run's worktree (lock held); False when there is none.
+
+        A spare that cannot be used (half-made by a killed worker, removed behind git's back) is
+        removed, and the caller checks out afresh.
+        """
+        spare = self.spare_path(repo)
+        if not spare.exists():
+            return False
+        mirror = self.mirror_path(repo)
+        try:
+            git(["worktree", "move", str(spare), str(path)], git_dir=mirror)
+            switch = ["checkout", "-q", "-f", "--ignore-other-worktrees"]
+            git([*switch, "-B", run_branch(run_id), commit], cwd=path)
+        except GitError as error:
+            logger.warning(
+                "could not use the spare worktree of %s; checking out afresh: %s",
+                repo,
+                str(error)[:300],
+            )
+            self._remove_locked(mirror, spare)
+            self._remove_locked(mirror, path)
+            return False
+        return True
 
     def commit_checkpoint(self, worktree: Path, message: str, *, changed: bool = True) -> str:
         """Commit everything in the worktree to the run branch; returns the new head.

@@ -288,3 +288,32 @@ def test_background_writes_run_in_order_and_hand_their_error_to_the_waiter() -> 
     background.wait()  # the error was handed over once
     background.submit(fail)
     background.wait(quiet=True)
+
+
+class SeesSpare(NullObserver):
+    """Notes, when each attempt starts, whether the repository's spare checkout is still there."""
+
+    def __init__(self, spare: Path) -> None:
+        self.spare = spare
+        self.seen: list[bool] = []
+
+    def attempt_started(self, phase_id: str, attempt: int) -> None:
+        self.seen.append(self.spare.exists())
+
+
+def test_a_worker_prepares_a_spare_checkout_and_the_next_run_uses_it(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+) -> None:
+    executor = RunExecutor(settings, sessions, "test-worker", keep_spare=True)
+    first = submit([{"id": "write", "run": "echo one > out.txt"}])
+    repo = detail(sessions, first).repo
+    observer = SeesSpare(Workspaces(settings).spare_path(repo))
+    executor.observer = observer
+    assert executor.execute(first) == "succeeded"
+    assert observer.spare.exists()  # made after the run, for the next one
+    second = submit([{"id": "check", "run": "test ! -e out.txt && echo clean"}])
+    assert executor.execute(second) == "succeeded"
+    assert observer.seen == [False, False]  # the first run had none; the second took it
+    run = detail(sessions, second)
+    assert "clean" in (run.phases[0].attempts[0].output_tail or "")
+    assert run.result_commit == run.base_commit

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.constants import run_branch
 from shared.settings import Settings
 from workers.gitcmd import GitError, read_loose_ref, read_worktree_head
 from workers.gitcmd import git as run_git
@@ -285,3 +286,52 @@ def test_runs_that_started_before_a_fetch_began_share_it(
     # An unreadable record is no record: fetched.
     (spaces.mirror_path("u") / FETCH_STATE_FILE).write_text("{not json")
     assert _sync_fetches(spaces, "u", url, since=run_a_started)
+
+
+def test_checkout_adopts_the_spare_and_matches_a_fresh_checkout(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n", "gone.txt": "x\n"})
+    spaces.sync_mirror("r", str(origin))
+    old = spaces.resolve_ref("r", "main")
+    spaces.prepare_spare("r", old)
+    spaces.prepare_spare("r", old)  # one is ready: nothing more
+    spare = spaces.spare_path("r")
+    assert (spare / "a.txt").read_text() == "1\n"
+    # The origin moves on before the next run: the spare is switched to the run's commit.
+    (origin / "a.txt").write_text("2\n")
+    (origin / "new.txt").write_text("n\n")
+    git(origin, "rm", "-q", "gone.txt")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "second")
+    spaces.sync_mirror("r", str(origin))
+    new = spaces.resolve_ref("r", "main")
+    path = spaces.checkout("r", "run-1", new)
+    assert not spare.exists()
+    assert sorted(p.name for p in path.iterdir() if p.name != ".git") == ["a.txt", "new.txt"]
+    assert (path / "a.txt").read_text() == "2\n"
+    assert git(path, "status", "--porcelain") == ""
+    assert git(path, "symbolic-ref", "HEAD").strip() == f"refs/heads/{run_branch('run-1')}"
+    assert spaces.head(path) == new
+    listed = git(spaces.mirror_path("r"), "worktree", "list")
+    assert str(path) in listed and str(spare) not in listed
+    # Without a spare the run checks out afresh.
+    assert spaces.checkout("r", "run-2", new).exists()
+
+
+def test_a_spare_that_cannot_be_used_is_replaced_by_a_fresh_checkout(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    spaces.prepare_spare("r", commit)
+    spare = spaces.spare_path("r")
+    shutil.rmtree(spare)
+    spare.mkdir()  # a plain folder where the spare was: git knows no worktree there
+    (spare / "junk.txt").write_text("?\n")
+    path = spaces.checkout("r", "run-1", commit)
+    assert not spare.exists()
+    assert (path / "a.txt").read_text() == "1\n" and not (path / "junk.txt").exists()
+    assert git(path, "status", "--porcelain") == ""
+    assert str(spare) not in git(spaces.mirror_path("r"), "worktree", "list")

@@ -93,12 +93,17 @@ RUN_BODY: dict[str, Any] = {
 }
 
 
+# The pause before each run of the idle-worker dispatch measurement.
+IDLE_GAP_S = 0.2
+
+
 @dataclass(frozen=True)
 class Sizes:
     """How much each section measures (--quick halves most of it)."""
 
     warmup: int
     dispatch: int
+    dispatch_idle: int
     batch: int
     api_requests: int
     api_warmup: int
@@ -110,6 +115,7 @@ class Sizes:
 FULL = Sizes(
     warmup=5,
     dispatch=60,
+    dispatch_idle=30,
     batch=100,
     api_requests=2000,
     api_warmup=200,
@@ -120,6 +126,7 @@ FULL = Sizes(
 QUICK = Sizes(
     warmup=3,
     dispatch=30,
+    dispatch_idle=15,
     batch=40,
     api_requests=800,
     api_warmup=100,
@@ -438,6 +445,15 @@ def measure_dispatch(ctx: Ctx, worker: Proc) -> None:
                 floors.append(
                     floor_once(app, floor_queue, mirror, commit, wt_root / f"f{start + j}")
                 )
+        # The same, each run (and each floor) submitted IDLE_GAP_S after the previous one ended:
+        # back to back, a run can arrive while the worker still tidies up after the last one.
+        idle: list[Sample] = []
+        idle_floors: list[dict[str, float]] = []
+        for k in range(sizes.dispatch_idle):
+            time.sleep(IDLE_GAP_S)  # the scenario (an idle worker), not synchronization
+            idle.append(submit_and_wait(client, "tiny"))
+            time.sleep(IDLE_GAP_S)
+            idle_floors.append(floor_once(app, floor_queue, mirror, commit, wt_root / f"i{k}"))
         ctx.results["noise"] = {"dispatch": meter.stop()}
         ctx.results["floor_worker_memory"] = idle_memory(floor)
         # The idle API and worker after this warm-up (the worker's pool child has executed runs).
@@ -462,12 +478,18 @@ def measure_dispatch(ctx: Ctx, worker: Proc) -> None:
             k: median([f[k] * 1000 for f in floors]) for k in ("celery", "add", "true", "remove")
         },
         "timeline": {k: median(v) for k, v in timeline.items() if k != TO_FINISHED},
+        "idle_n": len(idle),
+        "idle_p50": median([s.total_s * 1000 for s in idle]),
+        "idle_p95": percentile([s.total_s * 1000 for s in idle], 95),
+        "idle_floor_p50": median([f["total"] * 1000 for f in idle_floors]),
+        "idle_floor_p95": percentile([f["total"] * 1000 for f in idle_floors], 95),
         "to_finished_p50": median(timeline[TO_FINISHED]),
         "to_finished_p95": percentile(timeline[TO_FINISHED], 95),
     }
     d = ctx.results["dispatch"]
     log(
-        f"dispatch: ours p50 {d['ours_p50']:.1f} ms p95 {d['ours_p95']:.1f} ms; floor p50 {d['floor_p50']:.1f} ms"
+        f"dispatch: ours p50 {d['ours_p50']:.1f} ms p95 {d['ours_p95']:.1f} ms; floor p50 {d['floor_p50']:.1f} ms; "
+        f"to an idle worker: ours p50 {d['idle_p50']:.1f} ms, floor p50 {d['idle_floor_p50']:.1f} ms"
     )
 
 
@@ -1308,6 +1330,10 @@ def render(ctx: Ctx, info: dict[str, str], command: str, elapsed_s: float) -> st
         f"{d['ours_p50'] / d['floor_p50']:.2f}x | <= 1.5x |",
         f"| dispatch latency p95 | {_f(d['ours_p95'])} ms | floor {_f(d['floor_p95'])} ms | "
         f"{d['ours_p95'] / d['floor_p95']:.2f}x | |",
+        f"| dispatch latency p50 / p95, each run sent {IDLE_GAP_S:.1f} s after the last ended "
+        f"(n={d['idle_n']}) | {_f(d['idle_p50'])} / {_f(d['idle_p95'])} ms | floor, same gaps, "
+        f"{_f(d['idle_floor_p50'])} / {_f(d['idle_floor_p95'])} ms | "
+        f"{d['idle_p50'] / d['idle_floor_p50']:.2f}x / {d['idle_p95'] / d['idle_floor_p95']:.2f}x | |",
         f"| dispatch, sent -> `finished_at` committed (no polling), p50 / p95 | "
         f"{_f(d['to_finished_p50'])} / {_f(d['to_finished_p95'])} ms | floor {_f(d['floor_p50'])} / "
         f"{_f(d['floor_p95'])} ms | {d['to_finished_p50'] / d['floor_p50']:.2f}x / "

@@ -95,7 +95,7 @@ def install() -> None:
     _wrap(Workspaces, "sync_mirror", "mirror fetch (sync_mirror)")
     _wrap(Workspaces, "resolve_ref", "resolve_ref")
     _wrap(Ledger, "set_base", "ledger.set_base")
-    _wrap(Workspaces, "checkout", "worktree add (checkout)")
+    _wrap(Workspaces, "checkout", "worktree (spare moved, or worktree add)")
     _wrap(Ledger, "start_attempt", "ledger.start_attempt")
     _wrap(RunExecutor, "_log_path", "attempt log file")
     _wrap(phases.ShellPhaseRunner, "run", "phase command (bash -c true)")
@@ -110,6 +110,7 @@ def install() -> None:
     _wrap(Workspaces, "diffstat", "diffstat")
     _wrap(Ledger, "finish_run", "ledger.finish_run")
     _wrap(Workspaces, "remove", "worktree remove")
+    _wrap(Workspaces, "prepare_spare", "spare checkout for the next run (after finish)")
     _wrap_git(workspace)
     _wrap_git(changes)
 

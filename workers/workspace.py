@@ -322,15 +322,7 @@ class Workspaces:
 
     def has_commit(self, repo: str, commit: str) -> bool:
         """Whether this host's mirror holds the commit."""
-        return (
-            git(
-                ["cat-file", "-e", f"{commit}^{{commit}}"],
-                git_dir=self.mirror_path(repo),
-                check=False,
-                allow_failure=True,
-            )
-            == "ok"
-        )
+        return self._is_commit(self.mirror_path(repo), commit)
 
     def fetch_checkpoint(self, repo: str, run_id: str) -> None:
         """Fetch a run's pushed checkpoint from the origin (best effort)."""

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from shared.errors import LeaseLost
 from shared.models import Run, utcnow
 from shared.runs.states import RunStatus
+from workers import statements
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +73,16 @@ def renew(session: Session, lease: Lease, ttl_s: float) -> bool:
     return bool(session.scalar(select(Run.cancel_requested).where(Run.id == lease.run_id)))
 
 
-def fence(session: Session, lease: Lease) -> bool:
+def fence(session: Session, lease: Lease, *, base: str | None = None) -> bool:
     """Lock the run row if our token still holds it, so the writes that follow are fenced.
 
     The no-op UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) until commit,
     so a takeover cannot interleave with this transaction. Returns whether cancellation was
-    requested (read in the same statement).
+    requested (read in the same statement). A base commit given is written with it.
     """
-    cancel_requested = session.execute(
-        update(Run)
-        .where(Run.id == lease.run_id, Run.lease_token == lease.token)
-        .values(updated_at=utcnow())
-        .returning(Run.cancel_requested)
-        .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
+    cancel_requested = statements.fence(
+        session.connection(), lease.run_id, lease.token, utcnow(), base
+    )
     if cancel_requested is None:
         raise LeaseLost(f"lease on run {lease.run_id} (token {lease.token}) was taken over")
-    return bool(cancel_requested)
+    return cancel_requested

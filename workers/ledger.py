@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import case, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -22,10 +20,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from shared.db import transaction
 from shared.errors import CancelRequested
 from shared.logs import first_line
-from shared.models import Attempt, AttemptLog, Phase, Run, utcnow
+from shared.models import Attempt, Phase, Run, utcnow
 from shared.runs.spec import PhaseSpec
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
-from workers import leases
+from workers import leases, statements
 from workers.leases import Lease
 
 logger = logging.getLogger(__name__)
@@ -147,11 +145,7 @@ class Ledger:
         """
         base = self._base
         with transaction(self.sessions) as session:
-            self.cancel_requested = leases.fence(session, self.lease)
-            if base is not None:
-                session.execute(
-                    update(Run).where(Run.id == self.lease.run_id).values(base_commit=base)
-                )
+            self.cancel_requested = leases.fence(session, self.lease, base=base)
             yield session
         if self._base == base:
             self._base = None
@@ -203,7 +197,7 @@ class Ledger:
     def record_process(self, attempt_id: int, pgid: int) -> None:
         """Remember the process group of the attempt's running command."""
         with self.fenced() as session:
-            session.execute(update(Attempt).where(Attempt.id == attempt_id).values(pgid=pgid))
+            statements.record_pgid(session.connection(), attempt_id, pgid)
 
     @_retried("writing the attempt's start")
     def start_attempt(self, phase_pk: int, number: int, commands: list[str], host: str) -> int:
@@ -216,33 +210,26 @@ class Ledger:
         with self.fenced() as session:
             if self.cancel_requested:
                 raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
-            session.execute(
-                update(Phase)
-                .where(Phase.pk == phase_pk)
-                .values(
-                    status=PhaseStatus.RUNNING,
-                    started_at=func.coalesce(Phase.started_at, now),
-                    attempts_count=number,
-                )
-            )
-            inserted = _insert_new(
-                session,
-                Attempt,
+            connection = session.connection()
+            inserted = statements.start_attempt(
+                connection,
+                phase_pk,
+                number,
+                now,
                 {
                     "run_id": self.lease.run_id,
                     "phase_pk": phase_pk,
                     "number": number,
                     "worker": self.lease.owner,
                     "lease_token": self.lease.token,
-                    "status": AttemptStatus.RUNNING,
+                    "status": AttemptStatus.RUNNING.value,
                     "started_at": now,
                     "commands": commands,
                     "host": host,
                 },
-                returning=Attempt.id,
             )
             if inserted is not None:
-                return int(inserted)
+                return inserted
             # An earlier try committed, and only its reply was lost.
             return session.execute(
                 select(Attempt.id).where(
@@ -311,15 +298,13 @@ class Ledger:
         with_run: bool = True,
     ) -> None:
         self._store_succeeded(session)
-        session.execute(
-            update(Phase)
-            .where(Phase.pk == phase_pk)
-            .values(status=PhaseStatus.SUCCEEDED, finished_at=now, checkpoint_commit=checkpoint)
+        statements.phase_succeeded(
+            session.connection(),
+            phase_pk,
+            checkpoint,
+            now,
+            self.lease.run_id if with_run else None,
         )
-        if with_run:
-            session.execute(
-                update(Run).where(Run.id == self.lease.run_id).values(checkpoint_commit=checkpoint)
-            )
 
     @_retried("writing the phase's cancellation")
     def phase_cancelled(self, phase_pk: int) -> None:
@@ -378,71 +363,32 @@ class Ledger:
     ) -> None:
         """Write the run's final status and release the lease (the token stays, for fencing)."""
         now = utcnow()
-        values: dict[str, Any] = {
-            "failure_reason": reason,
-            "result_commit": result_commit,
-            "result_diffstat": diffstat,
-            "finished_at": now,
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
+        checkpoint: str | None = None
         with self.fenced() as session:
             if self._last_phase is not None:
                 # The run's checkpoint is written with its status, below.
                 self._store_phase_succeeded(session, *self._last_phase, with_run=False)
-                values["checkpoint_commit"] = self._last_phase[1]
-            # Nothing of an ended run stays running (an internal error can stop it between an
-            # attempt's end and its phase's).
-            session.execute(
-                update(Attempt)
-                .where(Attempt.run_id == self.lease.run_id, Attempt.status == AttemptStatus.RUNNING)
-                .values(
-                    status=AttemptStatus.FAILED,
-                    finished_at=now,
-                    failure_reason=f"the run ended ({reason or status}) before this attempt was recorded",
-                )
+                checkpoint = self._last_phase[1]
+            connection = session.connection()
+            statements.end_open_work(
+                connection,
+                self.lease.run_id,
+                now,
+                attempt_reason=f"the run ended ({reason or status}) before this attempt was recorded",
+                left_status=str(
+                    PhaseStatus.CANCELLED if status == RunStatus.CANCELLED else PhaseStatus.SKIPPED
+                ),
             )
-            # A phase left running failed; one the run ended before (a workspace that could not
-            # be prepared, a cancel) never runs.
-            session.execute(
-                update(Phase)
-                .where(
-                    Phase.run_id == self.lease.run_id,
-                    Phase.status.in_([PhaseStatus.RUNNING, PhaseStatus.PENDING]),
-                )
-                .values(
-                    status=case(
-                        (Phase.status == PhaseStatus.RUNNING, str(PhaseStatus.FAILED)),
-                        else_=str(
-                            PhaseStatus.CANCELLED
-                            if status == RunStatus.CANCELLED
-                            else PhaseStatus.SKIPPED
-                        ),
-                    ),
-                    finished_at=now,
-                )
+            statements.finish_run(
+                connection,
+                self.lease.run_id,
+                str(status),
+                now,
+                reason=reason,
+                result_commit=result_commit,
+                diffstat=diffstat,
+                checkpoint=checkpoint,
             )
-            written = session.execute(
-                update(Run)
-                .where(Run.id == self.lease.run_id, Run.status == RunStatus.RUNNING)
-                .values(status=status, **values)
-            ).rowcount  # type: ignore[attr-defined]
-            if not written:
-                # A cancel request arrived while the run was finishing: it ends cancelled, as asked.
-                session.execute(
-                    update(Run)
-                    .where(Run.id == self.lease.run_id, Run.status == RunStatus.CANCELLING)
-                    .values(
-                        status=RunStatus.CANCELLED,
-                        # A reason given with the request (a superseding run's) is kept.
-                        **{
-                            **values,
-                            "failure_reason": func.coalesce(
-                                Run.failure_reason, reason or "cancelled by request"
-                            ),
-                        },
-                    )
-                )
         self._last_phase = self._succeeded = None
 
     @_retried("reading the run")
@@ -506,43 +452,23 @@ def _store_attempt(
     session: Session, attempt_id: int, outcome: AttemptOutcome, finished_at: datetime
 ) -> None:
     """Write an attempt's end and its log (idempotent: a retry after a landed commit is a no-op)."""
-    session.execute(
-        update(Attempt)
-        .where(Attempt.id == attempt_id)
-        .values(
-            status=outcome.status,
-            finished_at=finished_at,
-            exit_code=outcome.exit_code,
-            signal=outcome.signal,
-            failure_class=outcome.failure_class,
-            failure_reason=outcome.failure_reason,
-            output_tail=outcome.output_tail,
-            log_path=outcome.log_path,
-            mitigation=outcome.mitigation,
-        )
-        .execution_options(synchronize_session=False)
+    statements.store_attempt(
+        session.connection(),
+        attempt_id,
+        {
+            "status": str(outcome.status),
+            "finished_at": finished_at,
+            "exit_code": outcome.exit_code,
+            "signal": outcome.signal,
+            "failure_class": outcome.failure_class,
+            "failure_reason": outcome.failure_reason,
+            "output_tail": outcome.output_tail,
+            "log_path": outcome.log_path,
+            "mitigation": outcome.mitigation,
+        },
+        {
+            "content": outcome.log_content,
+            "truncated": outcome.log_truncated,
+            "size_bytes": outcome.log_size,
+        },
     )
-    log = {
-        "attempt_id": attempt_id,
-        "content": outcome.log_content,
-        "truncated": outcome.log_truncated,
-        "size_bytes": outcome.log_size,
-    }
-    _insert_new(session, AttemptLog, log)
-
-
-def _insert_new(
-    session: Session, model: type[Any], values: dict[str, Any], returning: Any = None
-) -> Any:
-    """INSERT unless a row with the same unique key exists (ON CONFLICT DO NOTHING).
-
-    Returns the `returning` column of the inserted row, None when nothing was inserted. Keeps
-    retried writes idempotent without reading first.
-    """
-    dialect = session.get_bind().dialect.name
-    statement: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
-    statement = statement.values(values).on_conflict_do_nothing()
-    if returning is None:
-        session.execute(statement)
-        return None
-    return session.execute(statement.returning(returning)).scalar_one_or_none()

@@ -110,16 +110,24 @@ class RunExecutor:
         """
         while True:
             with transaction(self.sessions) as session:
-                service.expire_queue_waits(session, run_id)
-                admission = concurrency.admit(session, run_id)
-                lease = (
-                    leases.acquire(session, run_id, self.owner, self.settings.lease_ttl_s)
-                    if admission.admitted
-                    else None
-                )
+                # Most runs have no key and no passed deadline: one statement takes and reads them.
+                taken = leases.acquire_plain(session, run_id, self.owner, self.settings.lease_ttl_s)
+                if taken is not None:
+                    admission = Admission(key=None, admitted=True)
+                    lease: Lease | None = Lease(run_id, self.owner, taken.lease_token)
+                else:
+                    service.expire_queue_waits(session, run_id)
+                    admission = concurrency.admit(session, run_id)
+                    lease = (
+                        leases.acquire(session, run_id, self.owner, self.settings.lease_ttl_s)
+                        if admission.admitted
+                        else None
+                    )
                 if lease is not None:
                     lost = begin_in(session, lease)
-                    run, phases = snapshot_in(session, run_id, first_lease=lease.token == 1)
+                    run, phases = snapshot_in(
+                        session, run_id, first_lease=lease.token == 1, run=taken
+                    )
                     try:
                         source: str | NotFound = repos.resolve(session, self.settings, run.repo)
                     except NotFound as error:  # unregistered since: the run fails, below

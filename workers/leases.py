@@ -59,6 +59,24 @@ def acquire(session: Session, run_id: str, owner: str, ttl_s: float) -> Lease | 
     return Lease(run_id=run_id, owner=owner, token=token)
 
 
+def acquire_plain(session: Session, run_id: str, owner: str, ttl_s: float) -> Run | None:
+    """acquire() for a run with no concurrency key and no passed queue deadline, returning it.
+
+    One statement (UPDATE ... RETURNING the row, loaded as a Run). None when the run is not such
+    a run, or is held or ended: the caller then takes the general way (expire, admit, acquire).
+    """
+    now = utcnow()
+    return session.scalars(
+        select(Run).from_statement(statements.ACQUIRE_PLAIN),
+        {
+            "p_run_id": run_id,
+            "p_owner": owner,
+            "p_expires": now + timedelta(seconds=ttl_s),
+            "p_now": now,
+        },
+    ).one_or_none()
+
+
 def renew(session: Session, lease: Lease, ttl_s: float) -> bool:
     """Extend the lease; returns whether cancellation was requested. LeaseLost if it was taken."""
     now = utcnow()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -428,19 +428,23 @@ def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | Non
     return [(host, pgid) for host, pgid in lost]
 
 
+_PHASES = select(Phase).where(Phase.run_id == bindparam("p_run_id")).order_by(Phase.position)
+_PHASES_WITH_ATTEMPTS = _PHASES.options(selectinload(Phase.attempts))
+
+
 def snapshot_in(
-    session: Session, run_id: str, *, first_lease: bool = False
+    session: Session, run_id: str, *, first_lease: bool = False, run: Run | None = None
 ) -> tuple[Run, list[Phase]]:
     """A detached snapshot of the run and its phases with attempts loaded (expunges the session).
 
-    first_lease: the run was never leased before, so it has no attempts to read.
+    first_lease: the run was never leased before, so it has no attempts to read. run: the run as
+    just loaded in this transaction (it is not read again).
     """
-    run = session.get(Run, run_id, populate_existing=True)
+    if run is None:
+        run = session.get(Run, run_id, populate_existing=True)
     assert run is not None
-    query = select(Phase).where(Phase.run_id == run.id).order_by(Phase.position)
-    if not first_lease:
-        query = query.options(selectinload(Phase.attempts))
-    phases = list(session.scalars(query))
+    query = _PHASES if first_lease else _PHASES_WITH_ATTEMPTS
+    phases = list(session.scalars(query, {"p_run_id": run_id}))
     if first_lease:
         for phase in phases:
             set_committed_value(phase, "attempts", [])

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Executable, Table, bindparam, case, func, update
+from sqlalchemy import Connection, Executable, Table, and_, bindparam, case, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -39,6 +39,43 @@ FENCE = (
 )
 # The same, also writing the commit the run started from (the first write after resolving it).
 FENCE_WITH_BASE = FENCE.values(base_commit=bindparam("p_base"))
+
+# A delivery's common case in one statement: take a queued run that has no concurrency key and
+# whose queue deadline has not passed, or a running one whose lease expired (a takeover), and
+# return the whole row. Anything else (a key to admit under, a deadline to enforce, a run held or
+# ended) goes the general way (RunExecutor._claim).
+ACQUIRE_PLAIN = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("p_run_id"),
+        runs.c.concurrency_key.is_(None),
+        or_(
+            and_(
+                runs.c.status == RunStatus.QUEUED.value,
+                or_(
+                    runs.c.queue_deadline_at.is_(None),
+                    runs.c.queue_deadline_at >= bindparam("p_now"),
+                ),
+            ),
+            and_(
+                runs.c.status == RunStatus.RUNNING.value,
+                or_(
+                    runs.c.lease_expires_at.is_(None),
+                    runs.c.lease_expires_at < bindparam("p_now"),
+                ),
+            ),
+        ),
+    )
+    .values(
+        status=RunStatus.RUNNING.value,
+        lease_owner=bindparam("p_owner"),
+        lease_expires_at=bindparam("p_expires"),
+        lease_token=runs.c.lease_token + 1,
+        started_at=func.coalesce(runs.c.started_at, bindparam("p_now")),
+        updated_at=bindparam("p_now"),
+    )
+    .returning(*runs.c)
+)
 
 # --- attempts -------------------------------------------------------------------------------------
 

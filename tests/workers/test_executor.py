@@ -92,6 +92,45 @@ def test_execute_again_after_finish_is_a_no_op(
     assert counter.read_text() == "x\n"
 
 
+def test_a_delivery_takes_only_a_run_it_may_start(
+    sessions: sessionmaker[Session], settings: Settings, submit: Submit
+) -> None:
+    """The claim's one-statement path and its general path agree on what a delivery may take."""
+    executor = RunExecutor(settings, sessions, "test-worker")
+    late = submit([{"id": "a", "run": "true"}], budgets={"max_queue_wait_s": 30})
+    in_time = submit([{"id": "a", "run": "true"}], budgets={"max_queue_wait_s": 30})
+    held = submit([{"id": "a", "run": "true"}])
+    expired = submit([{"id": "a", "run": "true"}])
+    now = utcnow()
+    with transaction(sessions) as session:
+        session.execute(
+            update(Run).where(Run.id == late).values(queue_deadline_at=now - timedelta(seconds=1))
+        )
+        for run_id, expires in ((held, now + timedelta(minutes=5)), (expired, now)):
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    status="running",
+                    lease_owner="gone",
+                    lease_token=1,
+                    lease_expires_at=expires - timedelta(seconds=1),
+                    started_at=now,
+                )
+            )
+    assert executor.execute(late) is None  # past its queue deadline: ended, never started
+    run = detail(sessions, late)
+    assert run.status == "timed_out" and run.started_at is None and run.lease_token == 0
+    assert [(p.status, p.attempts) for p in run.phases] == [("skipped", [])]
+    assert executor.execute(in_time) == "succeeded"
+    assert executor.execute(held) is None  # a live lease is left alone
+    run = detail(sessions, held)
+    assert (run.status, run.lease_owner, run.lease_token) == ("running", "gone", 1)
+    assert executor.execute(expired) == "succeeded"  # an expired lease is taken over
+    run = detail(sessions, expired)
+    assert run.lease_token == 2 and run.started_at == now and run.lease_owner is None
+
+
 def test_run_whose_repository_was_unregistered_fails_with_the_reason(
     sessions: sessionmaker[Session], settings: Settings, submit: Submit
 ) -> None:

@@ -280,10 +280,20 @@ class RunExecutor:
             status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED)
             or not self.settings.keep_failed_worktrees
         ):
-            self.workspaces.remove(run.repo, run.id)
+            if self.keep_spare:
+                self._recycle(run)
+            else:
+                self.workspaces.remove(run.repo, run.id)
         if self.keep_spare:
-            self._prepare_spare(run, base)
+            self._prepare_spare(run, base)  # when the worktree did not become the spare
         return status
+
+    def _recycle(self, run: Run) -> None:
+        """Keep the run's worktree as its repository's spare, or remove it (never fails the run)."""
+        try:
+            self.workspaces.recycle(run.repo, run.id)
+        except Exception as error:
+            logger.warning("could not tidy up the worktree of run %s: %s", run.id, error)
 
     def _prepare_spare(self, run: Run, base: str) -> None:
         """Check out the repository's spare for its next run on this host (never fails the run)."""

@@ -271,6 +271,40 @@ class Workspaces:
                 self._remove_locked(mirror, spare)
                 raise
 
+    def recycle(self, repo: str, run_id: str) -> bool:
+        """Keep a finished run's worktree as the repository's spare, instead of removing it.
+
+        Its untracked and ignored files are deleted (`git clean -ffdx`) and its HEAD detached
+        from the run's branch; tracked changes are left for the next run's `checkout -f`. That is
+        two quick git commands, where removing the worktree and checking out a new spare writes
+        every file twice. When a spare exists already, or anything fails, the worktree is removed.
+        Returns whether it became the spare.
+        """
+        mirror = self.mirror_path(repo)
+        path = self.worktree_path(run_id)
+        spare = self.spare_path(repo)
+        with self.locked(repo):
+            if not path.exists():
+                return False
+            if not spare.exists():
+                try:
+                    _worktree_admin(mirror, path)  # git runs in it only if it is ours
+                    git(["clean", "-q", "-ffdx"], cwd=path)
+                    head = self.head(path)
+                    git(
+                        ["update-ref", "--no-deref", "-m", "autopack: spare", "HEAD", head],
+                        cwd=path,
+                    )
+                    spare.parent.mkdir(parents=True, exist_ok=True)
+                    _move_worktree(mirror, path, spare)
+                    return True
+                except (GitError, OSError) as error:
+                    logger.warning(
+                        "could not keep the worktree of run %s as a spare: %s", run_id, error
+                    )
+            self._remove_locked(mirror, path)
+            return False
+
     def _adopt_spare(self, repo: str, path: Path, run_id: str, commit: str) -> bool:
         """Turn the mirror's spare into the run's worktree (lock held); False when there is none.
 
@@ -282,10 +316,10 @@ class Workspaces:
             return False
         mirror = self.mirror_path(repo)
         try:
-            git(["worktree", "move", str(spare), str(path)], git_dir=mirror)
+            _move_worktree(mirror, spare, path)
             switch = ["checkout", "-q", "-f", "--ignore-other-worktrees"]
             git([*switch, "-B", run_branch(run_id), commit], cwd=path)
-        except GitError as error:
+        except (GitError, OSError) as error:
             logger.warning(
                 "could not use the spare worktree of %s; checking out afresh: %s",
                 repo,
@@ -391,6 +425,42 @@ class Workspaces:
         if removed:
             logger.info("removed orphaned worktrees: %s", ", ".join(removed))
         return removed
+
+
+def _worktree_admin(mirror: Path, path: Path) -> Path:
+    """The mirror's record of the worktree at path (`<mirror>/worktrees/<id>`).
+
+    Raises GitError unless path is an unlocked worktree of this mirror.
+    """
+    try:
+        pointer = (path / ".git").read_text().strip()
+    except OSError as error:
+        raise GitError(f"{path} is not a worktree: {error}") from error
+    admin = Path(pointer.removeprefix("gitdir: ")) if pointer.startswith("gitdir: ") else None
+    worktrees = (mirror / "worktrees").resolve()
+    if admin is None or admin.resolve().parent != worktrees or not (admin / "gitdir").is_file():
+        raise GitError(f"{path} is not a worktree of {mirror}")
+    if (admin / "locked").exists():
+        raise GitError(f"worktree {path} is locked")
+    return admin
+
+
+def _move_worktree(mirror: Path, source: Path, target: Path) -> None:
+    """`git worktree move` without starting git: rename the folder, then point the mirror's
+    record of the worktree at its new place, as `git worktree repair` does after a manual move
+    (gitrepository-layout(5): worktrees/<id>/gitdir holds the path of the worktree's .git file).
+
+    Raises GitError, leaving the worktree where it was, unless it is an unlocked worktree of
+    this mirror and target does not exist.
+    """
+    admin = _worktree_admin(mirror, source)
+    if target.exists():
+        raise GitError(f"{target} exists already")
+    source.rename(target)
+    record = admin / "gitdir"
+    staged = record.with_name("gitdir.autopack-tmp")
+    staged.write_text(f"{target / '.git'}\n")
+    staged.replace(record)
 
 
 def _read_fetch_state(path: Path) -> dict[str, object]:

@@ -335,3 +335,66 @@ def test_a_spare_that_cannot_be_used_is_replaced_by_a_fresh_checkout(
     assert (path / "a.txt").read_text() == "1\n" and not (path / "junk.txt").exists()
     assert git(path, "status", "--porcelain") == ""
     assert str(spare) not in git(spaces.mirror_path("r"), "worktree", "list")
+
+
+def test_a_finished_worktree_becomes_the_spare_and_leaves_nothing_of_its_run(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n", ".gitignore": "build/\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    mirror = spaces.mirror_path("r")
+    path = spaces.checkout("r", "run-1", commit)
+    # What a run leaves: a change it committed, one it did not, untracked and ignored files.
+    (path / "done.txt").write_text("committed\n")
+    spaces.commit_checkpoint(path, "phase one")
+    (path / "a.txt").write_text("changed, not committed\n")
+    (path / "scratch.txt").write_text("untracked\n")
+    (path / "build").mkdir()
+    (path / "build" / "out.o").write_text("ignored\n")
+    assert spaces.recycle("r", "run-1")
+    spare = spaces.spare_path("r")
+    assert not path.exists() and spare.is_dir()
+    assert not (spare / "scratch.txt").exists() and not (spare / "build").exists()
+    listed = git(mirror, "worktree", "list", "--porcelain")
+    assert f"worktree {spare}\n" in listed and str(path) not in listed
+    assert "detached" in listed.split(f"worktree {spare}\n")[1].split("\n\n")[0]
+    git(mirror, "branch", "-D", run_branch("run-1"))  # the run's branch is checked out nowhere
+    # The next run takes the spare: a checkout of its commit like any other.
+    again = spaces.checkout("r", "run-2", commit)
+    assert not spare.exists()
+    assert sorted(p.name for p in again.iterdir() if p.name != ".git") == [".gitignore", "a.txt"]
+    assert (again / "a.txt").read_text() == "1\n"
+    assert git(again, "status", "--porcelain", "--ignored") == ""
+    assert git(again, "symbolic-ref", "HEAD").strip() == f"refs/heads/{run_branch('run-2')}"
+    assert spaces.head(again) == commit
+    # With a spare in place already, a finished worktree is removed.
+    spaces.prepare_spare("r", commit)
+    assert not spaces.recycle("r", "run-2")
+    assert not again.exists() and str(again) not in git(mirror, "worktree", "list")
+    assert not spaces.recycle("r", "run-gone")  # nothing on disk: nothing to do
+
+
+def test_a_worktree_is_moved_only_when_git_would_move_it(
+    spaces: Workspaces, make_repo: Callable[..., Path], git: Callable[..., str]
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    mirror = spaces.mirror_path("r")
+    spare = spaces.spare_path("r")
+    # Locked (as a killed `worktree add` leaves it): not moved; the run checks out afresh.
+    spaces.prepare_spare("r", commit)
+    git(mirror, "worktree", "lock", str(spare))
+    path = spaces.checkout("r", "run-1", commit)
+    assert git(path, "status", "--porcelain") == "" and not spare.exists()
+    # A .git file pointing outside the mirror's worktrees is not followed.
+    path2 = spaces.checkout("r", "run-2", commit)
+    (path2 / ".git").write_text(f"gitdir: {path2}\n")
+    assert not spaces.recycle("r", "run-2")
+    assert not path2.exists() and not spare.exists()
+    # The mirror's record follows a moved worktree, so git keeps it through a prune.
+    assert spaces.recycle("r", "run-1")
+    git(mirror, "worktree", "prune")
+    assert f"worktree {spare}\n" in git(mirror, "worktree", "list", "--porcelain")
+    assert git(spare, "status", "--porcelain") == ""

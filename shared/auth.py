@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from shared.constants import API_KEY_PREFIX
@@ -67,6 +67,12 @@ def create_key(
     return row, plaintext
 
 
+# Every request runs it: built once (see workers/statements.py for why).
+_KEY_BY_HASH = select(ApiKey.name, ApiKey.key_hash, ApiKey.scopes, ApiKey.revoked_at).where(
+    ApiKey.key_hash == bindparam("p_hash")
+)
+
+
 def verify(session: Session, settings: Settings, presented: str | None) -> Caller:
     """The caller the presented key belongs to, or Unauthorized."""
     if not presented:
@@ -77,7 +83,7 @@ def verify(session: Session, settings: Settings, presented: str | None) -> Calle
             return Caller(
                 "settings", frozenset(SCOPES)
             )  # the operator's bootstrap keys may do everything
-    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
+    row = session.connection().execute(_KEY_BY_HASH, {"p_hash": digest}).one_or_none()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
         raise Unauthorized("invalid API key")
     return Caller(row.name, frozenset(row.scopes or DEFAULT_SCOPES))

@@ -116,21 +116,21 @@ async def get_run_status(
     def settled(status: RunStatusRead) -> bool:
         return status.terminal if from_status is None else status.status != from_status
 
-    status = await run_in_threadpool(read)
-    if wait_s <= 0 or settled(status):
-        return status
+    if wait_s <= 0:
+        return await run_in_threadpool(read)
     notifications: RunNotifications = request.app.state.notifications
     deadline = time.monotonic() + wait_s
-    while (remaining := deadline - time.monotonic()) > 0:
-        with notifications.subscribe(run_id) as changed:
-            status = await run_in_threadpool(read)  # after subscribing: no change slips between
-            if settled(status) or await request.is_disconnected():
+    with notifications.subscribe(run_id) as changed:
+        while True:
+            changed.clear()  # before reading: a change during the read wakes the wait below
+            status = await run_in_threadpool(read)
+            remaining = deadline - time.monotonic()
+            if settled(status) or remaining <= 0 or await request.is_disconnected():
                 return status
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     changed.wait(), timeout=min(remaining, notifications.poll_interval_s)
                 )
-    return await run_in_threadpool(read)
 
 
 @router.get("/{run_id}/events", response_model=list[RunEvent])

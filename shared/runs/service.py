@@ -228,10 +228,10 @@ def status_of(run: Run) -> RunStatusRead:
 
 def read_status(session: Session, run_id: str) -> RunStatusRead:
     """The compact status of a run read with two narrow queries (status polls, long polls)."""
-    run, phases = repository.get_run_status_rows(session, run_id)
-    return _compact_status(
-        run_id, run.status, run.failure_reason, run.result_commit, phases, run.waiting_reason
+    (status, failure_reason, result_commit, waiting_reason), phases = (
+        repository.get_run_status_rows(session, run_id)
     )
+    return _compact_status(run_id, status, failure_reason, result_commit, phases, waiting_reason)
 
 
 def _compact_status(

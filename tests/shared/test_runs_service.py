@@ -134,6 +134,14 @@ def test_narrow_status_read_matches_the_full_run(
     assert narrow.failure_reason == "phase b: exit 1" and narrow.result_commit == "c0ffee"
     with pytest.raises(NotFound):
         service.read_status(db, "run-nope")
+    # A run whose plan is not yet turned into phases has none.
+    plan = "1. Run the tests\n   ```bash\n   true\n   ```\n"
+    planned = service.submit(db, settings, spec(phases=[], plan=plan)).run
+    db.flush()
+    assert repository.get_run_detail(db, planned.id).phases == []
+    narrow = service.read_status(db, planned.id)
+    assert narrow == service.status_of(repository.get_run_detail(db, planned.id))
+    assert narrow.phases["pending"] == 0 and narrow.status == RunStatus.QUEUED
 
 
 def test_run_not_started_within_queue_wait_times_out(

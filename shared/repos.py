@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -28,14 +28,18 @@ def check_source(url_or_path: str) -> str:
     return str(path)
 
 
+# Every submission and every run start reads it: built once.
+_URL_BY_NAME = select(Repository.url).where(Repository.name == bindparam("p_name"))
+
+
 def resolve(session: Session, settings: Settings, name: str) -> str:
     """The source of a registered repository, from settings first, then the database."""
     if name in settings.repos:
         return settings.repos[name]
-    row = session.get(Repository, name)
-    if row is None:
+    url = session.connection().execute(_URL_BY_NAME, {"p_name": name}).scalar()
+    if url is None:
         raise NotFound(f"repository {name!r} is not registered")
-    return row.url
+    return str(url)
 
 
 def add(session: Session, name: str, url_or_path: str) -> Repository:

@@ -62,19 +62,26 @@ def acquire(session: Session, run_id: str, owner: str, ttl_s: float) -> Lease | 
 def acquire_plain(session: Session, run_id: str, owner: str, ttl_s: float) -> Run | None:
     """acquire() for a run with no concurrency key and no passed queue deadline, returning it.
 
-    One statement (UPDATE ... RETURNING the row, loaded as a Run). None when the run is not such
-    a run, or is held or ended: the caller then takes the general way (expire, admit, acquire).
+    One statement (UPDATE ... RETURNING the row). None when the run is not such a run, or is held
+    or ended: the caller then takes the general way (expire, admit, acquire). The Run returned
+    is a read-only snapshot built from the row, outside the session (the ORM's loading would
+    cost more than the statement).
     """
     now = utcnow()
-    return session.scalars(
-        select(Run).from_statement(statements.ACQUIRE_PLAIN),
-        {
-            "p_run_id": run_id,
-            "p_owner": owner,
-            "p_expires": now + timedelta(seconds=ttl_s),
-            "p_now": now,
-        },
-    ).one_or_none()
+    row = (
+        session.connection()
+        .execute(
+            statements.ACQUIRE_PLAIN,
+            {
+                "p_run_id": run_id,
+                "p_owner": owner,
+                "p_expires": now + timedelta(seconds=ttl_s),
+                "p_now": now,
+            },
+        )
+        .one_or_none()
+    )
+    return None if row is None else Run(**row._asdict())
 
 
 def renew(session: Session, lease: Lease, ttl_s: float) -> bool:

@@ -10,12 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import transaction
 from shared.errors import CancelRequested
@@ -430,6 +429,11 @@ def begin_in(session: Session, lease: Lease) -> list[tuple[str | None, int | Non
 
 _PHASES = select(Phase).where(Phase.run_id == bindparam("p_run_id")).order_by(Phase.position)
 _PHASES_WITH_ATTEMPTS = _PHASES.options(selectinload(Phase.attempts))
+_PHASE_ROWS = (
+    select(*cast(Table, Phase.__table__).c)
+    .where(Phase.run_id == bindparam("p_run_id"))
+    .order_by(Phase.position)
+)
 
 
 def snapshot_in(
@@ -437,17 +441,18 @@ def snapshot_in(
 ) -> tuple[Run, list[Phase]]:
     """A detached snapshot of the run and its phases with attempts loaded (expunges the session).
 
-    first_lease: the run was never leased before, so it has no attempts to read. run: the run as
-    just loaded in this transaction (it is not read again).
+    first_lease: the run was never leased before, so it has no attempts to read; its phases are
+    then built from plain rows, outside the session. run: the run as just read in this
+    transaction (it is not read again).
     """
     if run is None:
         run = session.get(Run, run_id, populate_existing=True)
     assert run is not None
-    query = _PHASES if first_lease else _PHASES_WITH_ATTEMPTS
-    phases = list(session.scalars(query, {"p_run_id": run_id}))
     if first_lease:
-        for phase in phases:
-            set_committed_value(phase, "attempts", [])
+        rows = session.connection().execute(_PHASE_ROWS, {"p_run_id": run_id})
+        phases = [Phase(**row._asdict(), attempts=[]) for row in rows]
+    else:
+        phases = list(session.scalars(_PHASES_WITH_ATTEMPTS, {"p_run_id": run_id}))
     session.expunge_all()
     return run, phases
 

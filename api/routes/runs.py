@@ -44,14 +44,14 @@ def submit_run(
     """Store a run and enqueue it; resubmitting the same run_id and spec returns the stored run (200)."""
     with transaction(sessions) as session:
         submitted = service.submit(session, settings, spec)
-        # The reply shows the run as stored (built from the objects just inserted, no re-read);
-        # once enqueued, a worker may already be changing it.
-        stored = service.run_read(submitted.run)
-    if submitted.needs_enqueue:
+        if not submitted.created:  # the stored run, read in its session
+            response.status_code = 200
+            return service.run_read(submitted.run)
+    if submitted.needs_enqueue:  # first: the reply is not on the run's way to a worker
         enqueue_committed(sessions, dispatcher, submitted.run.id)
-    if not submitted.created:
-        response.status_code = 200
-    return stored
+    # The run as stored: built from the objects just inserted (their phases known, attempts
+    # known empty), which nothing refreshes while a worker may already be changing the row.
+    return service.run_read(submitted.run)
 
 
 @router.get("", response_model=RunPage)

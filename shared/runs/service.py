@@ -7,10 +7,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from shared import repos
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -54,6 +55,7 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
         raise InvalidInput(str(error), field="repo") from error
     now = utcnow()
     run = Run(
+        **_UNSET_RUN_COLUMNS,
         id=spec.run_id or new_run_id(),
         repo=spec.repo,
         ref=spec.ref,
@@ -75,6 +77,7 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
     )
     run.phases = [
         Phase(
+            **_UNSET_PHASE_COLUMNS,
             position=position,
             phase_id=phase.id,
             name=phase.name,
@@ -89,13 +92,11 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
         for position, phase in enumerate(spec.phases)
     ]
     if spec.run_id is None:  # a fresh random id: nobody else can be inserting it
-        session.add(run)
-        session.flush()
+        _insert(session, run)
         return Submitted(run=run, created=True)
     nested = session.begin_nested()
-    session.add(run)
     try:
-        session.flush()
+        _insert(session, run)
     except IntegrityError:
         # Another client submitted the same run_id between our read and our insert.
         nested.rollback()
@@ -105,6 +106,59 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
         return _same_or_conflict(existing, spec_hash)
     nested.commit()
     return Submitted(run=run, created=True)
+
+
+_RUNS = cast(Table, Run.__table__)
+_PHASES = cast(Table, Phase.__table__)
+# Every column the submission does not set, set to NULL on the objects: they are stored as
+# loaded (below), so no attribute is left to load later.
+_UNSET_RUN_COLUMNS = dict.fromkeys(
+    (
+        "failure_reason",
+        "started_at",
+        "finished_at",
+        "waiting_since",
+        "waiting_reason",
+        "lease_owner",
+        "lease_expires_at",
+        "base_commit",
+        "checkpoint_commit",
+        "result_commit",
+        "result_diffstat",
+    )
+)
+_UNSET_PHASE_COLUMNS = dict.fromkeys(
+    (
+        "started_at",
+        "finished_at",
+        "checkpoint_commit",
+        "failure_reason",
+        "drift_score",
+        "drift_flagged",
+    )
+)
+_INSERT_RUN = insert(_RUNS)
+_INSERT_PHASES = insert(_PHASES).returning(_PHASES.c.pk, sort_by_parameter_order=True)
+
+
+def _insert(session: Session, run: Run) -> None:
+    """INSERT the run and its phases as two Core statements, then add the objects to the
+    session as if just loaded (make_transient_to_detached): the ORM's unit of work costs more
+    than the statements themselves."""
+    connection = session.connection()
+    connection.execute(_INSERT_RUN, {c.key: getattr(run, c.key) for c in _RUNS.columns})
+    if run.phases:
+        rows = [
+            {c.key: getattr(phase, c.key) for c in _PHASES.columns if c.key != "pk"}
+            | {"run_id": run.id}
+            for phase in run.phases
+        ]
+        keys = connection.execute(_INSERT_PHASES, rows).scalars().all()
+        for phase, pk in zip(run.phases, keys, strict=True):
+            phase.pk, phase.run_id = pk, run.id
+    for instance in (run, *run.phases):
+        make_transient_to_detached(instance)
+    session.add(run)
 
 
 def _same_or_conflict(existing: Run, spec_hash: str) -> Submitted:

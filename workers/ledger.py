@@ -92,6 +92,10 @@ class Ledger:
         self._last_phase: tuple[int, str, datetime] | None = None
         # Whether cancellation was requested, as of the last fenced write.
         self.cancel_requested = False
+        # Attempts this ledger started whose end is not committed yet. Attempts of earlier lease
+        # holders were marked lost when this lease was taken (begin_in), so when this is empty
+        # no attempt of the run is running.
+        self._open_attempts: set[int] = set()
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """call(), retried with backoff while the database is unreachable, for up to retry_s.
@@ -227,16 +231,16 @@ class Ledger:
                     "host": host,
                 },
             )
-            if inserted is not None:
-                return inserted
-            # An earlier try committed, and only its reply was lost.
-            return session.execute(
-                select(Attempt.id).where(
-                    Attempt.phase_pk == phase_pk,
-                    Attempt.number == number,
-                    Attempt.lease_token == self.lease.token,
-                )
-            ).scalar_one()
+            if inserted is None:  # an earlier try committed, and only its reply was lost
+                inserted = session.execute(
+                    select(Attempt.id).where(
+                        Attempt.phase_pk == phase_pk,
+                        Attempt.number == number,
+                        Attempt.lease_token == self.lease.token,
+                    )
+                ).scalar_one()
+        self._open_attempts.add(inserted)
+        return inserted
 
     @_retried("writing the attempt's outcome")
     def finish_attempt(self, attempt_id: int, outcome: AttemptOutcome) -> None:
@@ -253,6 +257,13 @@ class Ledger:
             return
         with self.fenced() as session:
             _store_attempt(session, attempt_id, outcome, now)
+        self._open_attempts.discard(attempt_id)
+
+    def _succeeded_stored(self) -> None:
+        """After a commit that wrote the succeeded attempt waiting for its phase (if any)."""
+        if self._succeeded is not None:
+            self._open_attempts.discard(self._succeeded[0])
+            self._succeeded = None
 
     def _store_succeeded(self, session: Session) -> None:
         """Write the succeeded attempt waiting for its phase's outcome, if there is one."""
@@ -285,7 +296,7 @@ class Ledger:
     def _write_phase_succeeded(self, phase_pk: int, checkpoint: str) -> None:
         with self.fenced() as session:
             self._store_phase_succeeded(session, phase_pk, checkpoint, utcnow())
-        self._succeeded = None
+        self._succeeded_stored()
 
     def _store_phase_succeeded(
         self,
@@ -328,7 +339,7 @@ class Ledger:
                 )
                 .values(status=PhaseStatus.CANCELLED, finished_at=now)
             )
-        self._succeeded = None
+        self._succeeded_stored()
 
     @_retried("writing the phase's failure")
     def phase_failed(self, phase_pk: int, reason: str) -> None:
@@ -349,7 +360,7 @@ class Ledger:
                 )
                 .values(status=PhaseStatus.SKIPPED, finished_at=now)
             )
-        self._succeeded = None
+        self._succeeded_stored()
 
     @_retried("writing the run's outcome")
     def finish_run(
@@ -360,35 +371,56 @@ class Ledger:
         result_commit: str | None = None,
         diffstat: str | None = None,
     ) -> None:
-        """Write the run's final status and release the lease (the token stays, for fencing)."""
+        """Write the run's final status and release the lease (the token stays, for fencing).
+
+        The run's UPDATE comes first and is the transaction's fence. The writes that make sure
+        nothing of the ended run stays running (attempts left running, phases left running or
+        pending) are made unless the run succeeded under this lease with every attempt it
+        started recorded, when there is nothing for them to find.
+        """
         now = utcnow()
-        checkpoint: str | None = None
-        with self.fenced() as session:
-            if self._last_phase is not None:
-                # The run's checkpoint is written with its status, below.
-                self._store_phase_succeeded(session, *self._last_phase, with_run=False)
-                checkpoint = self._last_phase[1]
+        base = self._base
+        last = self._last_phase
+        checkpoint = last[1] if last is not None else None
+        ended = dict(reason=reason, result_commit=result_commit, diffstat=diffstat)
+        with transaction(self.sessions) as session:
             connection = session.connection()
-            statements.end_open_work(
+            finished = statements.finish_run(
                 connection,
                 self.lease.run_id,
-                now,
-                attempt_reason=f"the run ended ({reason or status}) before this attempt was recorded",
-                left_status=str(
-                    PhaseStatus.CANCELLED if status == RunStatus.CANCELLED else PhaseStatus.SKIPPED
-                ),
-            )
-            statements.finish_run(
-                connection,
-                self.lease.run_id,
+                self.lease.token,
                 str(status),
                 now,
-                reason=reason,
-                result_commit=result_commit,
-                diffstat=diffstat,
                 checkpoint=checkpoint,
+                base=base,
+                **ended,
             )
+            if not finished:
+                # Not running under our token: taken over (LeaseLost), or a cancel request arrived
+                # while the run was finishing, and it ends cancelled, as asked.
+                self.cancel_requested = leases.fence(session, self.lease, base=base)
+                statements.finish_cancelling(
+                    connection, self.lease.run_id, now, checkpoint=checkpoint, **ended
+                )
+            if last is not None:
+                self._store_phase_succeeded(session, *last, with_run=False)
+            stored = {self._succeeded[0]} if last is not None and self._succeeded else set()
+            if not (finished and status == RunStatus.SUCCEEDED and self._open_attempts <= stored):
+                statements.end_open_work(
+                    connection,
+                    self.lease.run_id,
+                    now,
+                    attempt_reason=f"the run ended ({reason or status}) before this attempt was recorded",
+                    left_status=str(
+                        PhaseStatus.CANCELLED
+                        if status == RunStatus.CANCELLED
+                        else PhaseStatus.SKIPPED
+                    ),
+                )
+        if self._base == base:
+            self._base = None
         self._last_phase = self._succeeded = None
+        self._open_attempts.clear()
 
     @_retried("reading the run")
     def load_run(self) -> tuple[Run, list[Phase]]:

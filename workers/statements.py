@@ -178,20 +178,32 @@ _RUN_END_VALUES: dict[str, Any] = {
     "result_commit": bindparam("p_result_commit"),
     "result_diffstat": bindparam("p_diffstat"),
     "finished_at": bindparam("p_now"),
+    "updated_at": bindparam("p_now"),
     "lease_owner": None,
     "lease_expires_at": None,
+    # NULL keeps what is stored: the checkpoint when no phase succeeded now, the base when written.
+    "checkpoint_commit": func.coalesce(
+        bindparam("p_checkpoint", type_=runs.c.checkpoint_commit.type), runs.c.checkpoint_commit
+    ),
+    "base_commit": func.coalesce(
+        bindparam("p_base", type_=runs.c.base_commit.type), runs.c.base_commit
+    ),
 }
 
-# The run's end (only while it is running); optional columns are added per call with .values().
+# The end of a run that is running under our lease. It is also the fence of the transaction that
+# ends the run: while it matches, it holds the run row's lock until commit.
 FINISH_RUN = (
     update(runs)
-    .where(runs.c.id == bindparam("p_run_id"), runs.c.status == RunStatus.RUNNING.value)
+    .where(
+        runs.c.id == bindparam("p_run_id"),
+        runs.c.lease_token == bindparam("p_token"),
+        runs.c.status == RunStatus.RUNNING.value,
+    )
     .values(status=bindparam("p_status"), **_RUN_END_VALUES)
 )
-FINISH_RUN_WITH_CHECKPOINT = FINISH_RUN.values(checkpoint_commit=bindparam("p_checkpoint"))
 
 # A cancel request arrived while the run was finishing: it ends cancelled, as asked; a reason given
-# with the request (a superseding run's) is kept.
+# with the request (a superseding run's) is kept. Run after a fence.
 FINISH_CANCELLING = (
     update(runs)
     .where(runs.c.id == bindparam("p_run_id"), runs.c.status == RunStatus.CANCELLING.value)
@@ -205,9 +217,6 @@ FINISH_CANCELLING = (
             ),
         }
     )
-)
-FINISH_CANCELLING_WITH_CHECKPOINT = FINISH_CANCELLING.values(
-    checkpoint_commit=bindparam("p_checkpoint")
 )
 
 
@@ -276,6 +285,7 @@ def end_open_work(
 def finish_run(
     connection: Connection,
     run_id: str,
+    token: int,
     status: str,
     now: datetime,
     *,
@@ -283,27 +293,49 @@ def finish_run(
     result_commit: str | None,
     diffstat: str | None,
     checkpoint: str | None,
+    base: str | None,
 ) -> bool:
-    """Write the end of a running run (or of a cancelling one, as cancelled); whether it was."""
-    params: dict[str, Any] = {
-        "p_run_id": run_id,
-        "p_status": status,
-        "p_now": now,
-        "p_reason": reason,
-        "p_result_commit": result_commit,
-        "p_diffstat": diffstat,
-    }
-    if checkpoint is not None:
-        params["p_checkpoint"] = checkpoint
-    written = connection.execute(
-        FINISH_RUN if checkpoint is None else FINISH_RUN_WITH_CHECKPOINT, params
-    ).rowcount
-    if written:
-        return True
-    del params["p_status"], params["p_reason"]
-    params["p_cancel_reason"] = reason or "cancelled by request"
+    """End the run if it is running under token (which fences the transaction); whether it was."""
     return bool(
         connection.execute(
-            FINISH_CANCELLING if checkpoint is None else FINISH_CANCELLING_WITH_CHECKPOINT, params
+            FINISH_RUN,
+            {
+                "p_run_id": run_id,
+                "p_token": token,
+                "p_status": status,
+                "p_now": now,
+                "p_reason": reason,
+                "p_result_commit": result_commit,
+                "p_diffstat": diffstat,
+                "p_checkpoint": checkpoint,
+                "p_base": base,
+            },
+        ).rowcount
+    )
+
+
+def finish_cancelling(
+    connection: Connection,
+    run_id: str,
+    now: datetime,
+    *,
+    reason: str | None,
+    result_commit: str | None,
+    diffstat: str | None,
+    checkpoint: str | None,
+) -> bool:
+    """End a run whose cancellation was requested, as cancelled (call after a fence); whether it was."""
+    return bool(
+        connection.execute(
+            FINISH_CANCELLING,
+            {
+                "p_run_id": run_id,
+                "p_now": now,
+                "p_cancel_reason": reason or "cancelled by request",
+                "p_result_commit": result_commit,
+                "p_diffstat": diffstat,
+                "p_checkpoint": checkpoint,
+                "p_base": None,
+            },
         ).rowcount
     )

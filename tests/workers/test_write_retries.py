@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repos
 from shared.db import make_engine, make_session_factory, transaction
-from shared.errors import CancelRequested
+from shared.errors import CancelRequested, LeaseLost
 from shared.models import Attempt, AttemptLog, Phase, Run
 from shared.runs import repository, service
 from shared.runs.spec import RunCreate
@@ -289,3 +289,56 @@ def test_no_attempt_starts_once_cancellation_is_requested(
         assert session.scalars(select(Attempt).where(Attempt.phase_pk == phase_pk)).all() == []
         phase = session.get(Phase, phase_pk)
         assert phase is not None and phase.status == "pending" and phase.attempts_count == 0
+
+
+def test_a_run_never_ends_with_an_attempt_or_phase_left_open(
+    sessions: sessionmaker[Session], lease: Lease
+) -> None:
+    """finish_run skips its clean-up writes only when nothing can be left open."""
+    ledger = Ledger(sessions, lease)
+    phase_pk = _phase_pk(sessions, lease.run_id)
+    # An attempt started and never recorded (an internal error between its end and its phase's):
+    # even a run ended as succeeded leaves neither it nor its phase running.
+    attempt_id = ledger.start_attempt(phase_pk, 1, ["true"], "host")
+    ledger.finish_run(RunStatus.SUCCEEDED, result_commit="e" * 40)
+    with sessions() as session:
+        attempt = session.get(Attempt, attempt_id)
+        phase = session.get(Phase, phase_pk)
+        run = session.get(Run, lease.run_id)
+        assert attempt is not None and phase is not None and run is not None
+        assert attempt.status == "failed" and attempt.finished_at is not None
+        assert attempt.failure_reason == (
+            "the run ended (succeeded) before this attempt was recorded"
+        )
+        assert phase.status == "failed" and run.status == "succeeded"
+        assert run.lease_owner is None and run.finished_at is not None
+
+
+def test_the_runs_end_is_fenced_and_writes_the_pending_base(
+    sessions: sessionmaker[Session], lease: Lease
+) -> None:
+    ledger = Ledger(sessions, lease)
+    phase_pk = _phase_pk(sessions, lease.run_id)
+    ledger.set_base("b" * 40)  # resolved, and not yet written by any other write
+    ledger.phase_succeeded(phase_pk, "c" * 40, last=True)
+    ledger.finish_run(RunStatus.SUCCEEDED, result_commit="c" * 40, diffstat="1 file")
+    with sessions() as session:
+        run = session.get(Run, lease.run_id)
+        phase = session.get(Phase, phase_pk)
+        assert run is not None and phase is not None
+        assert (run.status, run.base_commit, run.checkpoint_commit) == (
+            "succeeded",
+            "b" * 40,
+            "c" * 40,
+        )
+        assert (run.result_commit, run.result_diffstat) == ("c" * 40, "1 file")
+        assert phase.status == "succeeded" and phase.checkpoint_commit == "c" * 40
+        assert run.updated_at == run.finished_at
+    # A second end, as by a worker whose lease was taken over meanwhile: refused, nothing written.
+    with transaction(sessions) as session:
+        session.execute(update(Run).where(Run.id == lease.run_id).values(lease_token=99))
+    with pytest.raises(LeaseLost):
+        Ledger(sessions, lease).finish_run(RunStatus.FAILED, reason="late")
+    with sessions() as session:
+        run = session.get(Run, lease.run_id)
+        assert run is not None and run.status == "succeeded" and run.failure_reason is None

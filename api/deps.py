@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import CeleryDispatcher
 from shared import auth
+from shared.db import single_read
 from shared.settings import Settings
 
 
@@ -50,7 +51,7 @@ def require_key(
     presented = x_api_key
     if not presented and authorization and authorization.lower().startswith("bearer "):
         presented = authorization[7:].strip()
-    with sessions() as session:
+    with single_read(sessions) as session:
         return auth.verify(session, settings, presented)
 
 

@@ -64,3 +64,14 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def single_read(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads that need no transaction (one statement each: API key checks, status
+    polls). On PostgreSQL it runs in autocommit mode, saving the BEGIN and ROLLBACK round trips;
+    SQLite keeps its usual transaction (the engine's BEGIN IMMEDIATE hook runs either way)."""
+    with factory() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session

@@ -276,33 +276,40 @@ class RunExecutor:
         diffstat = "" if head == base else self.workspaces.diffstat(worktree, base, head)
         ledger.finish_run(status, reason=reason, result_commit=head, diffstat=diffstat)
         logger.info("run finished: %s", status)
+        spare_kept = False
         if (
             status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED)
             or not self.settings.keep_failed_worktrees
         ):
             if self.keep_spare:
-                self._recycle(run)
+                spare_kept = self._recycle(run, base)
             else:
                 self.workspaces.remove(run.repo, run.id)
-        if self.keep_spare:
-            self._prepare_spare(run, base)  # when the worktree did not become the spare
+        if self.keep_spare and not spare_kept:
+            self._prepare_spare(run, base)
         return status
 
-    def _recycle(self, run: Run) -> None:
-        """Keep the run's worktree as its repository's spare, or remove it (never fails the run)."""
+    def _next_commit(self, run: Run, base: str) -> str:
+        """The commit the repository's next run most likely starts from: the tip of the run's ref
+        as last fetched, or the run's base."""
         try:
-            self.workspaces.recycle(run.repo, run.id)
+            return self.workspaces.resolve_ref(run.repo, run.ref)
+        except GitError:
+            return base
+
+    def _recycle(self, run: Run, base: str) -> bool:
+        """Keep the run's worktree as its repository's spare, or remove it (never fails the run);
+        whether it became the spare."""
+        try:
+            return self.workspaces.recycle(run.repo, run.id, self._next_commit(run, base))
         except Exception as error:
             logger.warning("could not tidy up the worktree of run %s: %s", run.id, error)
+            return False
 
     def _prepare_spare(self, run: Run, base: str) -> None:
         """Check out the repository's spare for its next run on this host (never fails the run)."""
         try:
-            try:
-                commit = self.workspaces.resolve_ref(run.repo, run.ref)  # the tip as last fetched
-            except GitError:
-                commit = base
-            self.workspaces.prepare_spare(run.repo, commit)
+            self.workspaces.prepare_spare(run.repo, self._next_commit(run, base))
         except Exception as error:
             logger.warning("could not prepare a spare worktree of %s: %s", run.repo, error)
 

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -271,14 +272,16 @@ class Workspaces:
                 self._remove_locked(mirror, spare)
                 raise
 
-    def recycle(self, repo: str, run_id: str) -> bool:
+    def recycle(self, repo: str, run_id: str, commit: str | None = None) -> bool:
         """Keep a finished run's worktree as the repository's spare, instead of removing it.
 
-        Its untracked and ignored files are deleted (`git clean -ffdx`) and its HEAD detached
-        from the run's branch; tracked changes are left for the next run's `checkout -f`. That is
-        two quick git commands, where removing the worktree and checking out a new spare writes
-        every file twice. When a spare exists already, or anything fails, the worktree is removed.
-        Returns whether it became the spare.
+        The worktree is detached at commit (the commit its repository's next run most likely
+        starts from; the worktree's own head when None) with every tracked file reset, and its
+        untracked and ignored files are deleted: `git checkout -f --detach`, then `git clean
+        -ffdx`. That is two quick git commands, where removing the worktree and checking out a new
+        spare writes every file twice, and it leaves the spare clean, so the next run of that
+        commit takes it without starting git (see `_adopt_spare`). When a spare exists already,
+        or anything fails, the worktree is removed. Returns whether it became the spare.
         """
         mirror = self.mirror_path(repo)
         path = self.worktree_path(run_id)
@@ -289,12 +292,9 @@ class Workspaces:
             if not spare.exists():
                 try:
                     _worktree_admin(mirror, path)  # git runs in it only if it is ours
+                    target = commit or self.head(path)
+                    git(["checkout", "-q", "-f", "--detach", target], cwd=path)
                     git(["clean", "-q", "-ffdx"], cwd=path)
-                    head = self.head(path)
-                    git(
-                        ["update-ref", "--no-deref", "-m", "autopack: spare", "HEAD", head],
-                        cwd=path,
-                    )
                     spare.parent.mkdir(parents=True, exist_ok=True)
                     _move_worktree(mirror, path, spare)
                     return True
@@ -308,6 +308,9 @@ class Workspaces:
     def _adopt_spare(self, repo: str, path: Path, run_id: str, commit: str) -> bool:
         """Turn the mirror's spare into the run's worktree (lock held); False when there is none.
 
+        A spare is always clean (made by `prepare_spare` or `recycle`), so when it is detached at
+        the run's commit it only needs the run's branch, which is written without starting git;
+        otherwise `git checkout -f -B` switches it to the commit.
         A spare that cannot be used (half-made by a killed worker, removed behind git's back) is
         removed, and the caller checks out afresh.
         """
@@ -316,7 +319,9 @@ class Workspaces:
             return False
         mirror = self.mirror_path(repo)
         try:
-            _move_worktree(mirror, spare, path)
+            admin = _move_worktree(mirror, spare, path)
+            if _branch_clean_spare(mirror, admin, run_branch(run_id), commit):
+                return True
             switch = ["checkout", "-q", "-f", "--ignore-other-worktrees"]
             git([*switch, "-B", run_branch(run_id), commit], cwd=path)
         except (GitError, OSError) as error:
@@ -445,13 +450,13 @@ def _worktree_admin(mirror: Path, path: Path) -> Path:
     return admin
 
 
-def _move_worktree(mirror: Path, source: Path, target: Path) -> None:
+def _move_worktree(mirror: Path, source: Path, target: Path) -> Path:
     """`git worktree move` without starting git: rename the folder, then point the mirror's
     record of the worktree at its new place, as `git worktree repair` does after a manual move
     (gitrepository-layout(5): worktrees/<id>/gitdir holds the path of the worktree's .git file).
 
-    Raises GitError, leaving the worktree where it was, unless it is an unlocked worktree of
-    this mirror and target does not exist.
+    Returns the mirror's record of the worktree. Raises GitError, leaving the worktree where it
+    was, unless it is an unlocked worktree of this mirror and target does not exist.
     """
     admin = _worktree_admin(mirror, source)
     if target.exists():
@@ -461,6 +466,64 @@ def _move_worktree(mirror: Path, source: Path, target: Path) -> None:
     staged = record.with_name("gitdir.autopack-tmp")
     staged.write_text(f"{target / '.git'}\n")
     staged.replace(record)
+    return admin
+
+
+_SIMPLE_BRANCH = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+
+def _branch_clean_spare(mirror: Path, admin: Path, branch: str, commit: str) -> bool:
+    """Put a clean worktree detached at commit on a new branch, as `git checkout -B` would, without
+    starting git; False (nothing changed) when git must do it.
+
+    Only the files ref storage of gitrepository-layout(5) is written, with git's own locking: the
+    branch's loose ref is created through `<ref>.lock` (O_EXCL, then a rename), then the worktree's
+    HEAD made a symbolic ref to it the same way. A branch that exists already (loose or packed),
+    an unusual name, a HEAD that is not exactly commit, or another ref storage leave it to git.
+    """
+    refname = f"refs/heads/{branch}"
+    heads = mirror / "refs" / "heads"
+    if not _FULL_SHA.match(commit) or not _SIMPLE_BRANCH.match(branch):
+        return False
+    if not heads.is_dir() or (mirror / "reftable").exists():
+        return False
+    try:
+        if (admin / "HEAD").read_text() != f"{commit}\n":
+            return False
+        packed = mirror / "packed-refs"
+        if packed.exists() and f" {refname}\n".encode() in packed.read_bytes():
+            return False
+        ref = mirror / refname
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not _write_locked(ref, f"{commit}\n", exclusive=True):
+            return False
+        if not _write_locked(admin / "HEAD", f"ref: {refname}\n", exclusive=False):
+            ref.unlink(missing_ok=True)
+            return False
+    except OSError:
+        return False
+    return True
+
+
+def _write_locked(path: Path, content: str, *, exclusive: bool) -> bool:
+    """Replace path with content through `<path>.lock`, as git does; False when another writer
+    holds the lock or, with exclusive, when path exists already."""
+    lock = path.with_name(f"{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        if exclusive and path.exists():
+            lock.unlink()
+            return False
+        lock.replace(path)
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        raise
+    return True
 
 
 def _read_fetch_state(path: Path) -> dict[str, object]:

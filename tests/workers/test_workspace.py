@@ -398,3 +398,102 @@ def test_a_worktree_is_moved_only_when_git_would_move_it(
     git(mirror, "worktree", "prune")
     assert f"worktree {spare}\n" in git(mirror, "worktree", "list", "--porcelain")
     assert git(spare, "status", "--porcelain") == ""
+
+
+def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record the git commands the workspace module starts (each still runs for real)."""
+    import workers.workspace as module
+
+    calls: list[list[str]] = []
+
+    def recorded(args: list[str], **kwargs: object) -> str:
+        calls.append(list(args))
+        return run_git(args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "git", recorded)
+    return calls
+
+
+def test_a_clean_spare_at_the_runs_commit_takes_the_runs_branch_without_git(
+    spaces: Workspaces,
+    make_repo: Callable[..., Path],
+    git: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    origin = make_repo({"a.txt": "1\n", ".gitignore": "build/\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    mirror = spaces.mirror_path("r")
+    spaces.prepare_spare("r", commit)
+    calls = _git_calls(monkeypatch)
+    path = spaces.checkout("r", "run-1", commit)
+    assert calls == []
+    # git sees exactly what `git checkout -B` leaves: the branch at the commit, HEAD on it, clean.
+    branch = run_branch("run-1")
+    assert git(path, "symbolic-ref", "HEAD").strip() == f"refs/heads/{branch}"
+    assert git(mirror, "rev-parse", f"refs/heads/{branch}").strip() == commit
+    assert git(path, "status", "--porcelain", "--ignored") == ""
+    listed = git(mirror, "worktree", "list", "--porcelain")
+    assert f"worktree {path}\nHEAD {commit}\nbranch refs/heads/{branch}\n" in listed
+    assert not list(mirror.rglob("*.lock"))
+    # The run commits on its branch like on any other.
+    (path / "b.txt").write_text("new\n")
+    head = spaces.commit_checkpoint(path, "phase one")
+    assert git(mirror, "rev-parse", f"refs/heads/{branch}").strip() == head != commit
+    # Its worktree, with a tracked change, an untracked and an ignored file, becomes the spare
+    # at the commit the next run starts from: clean, so that run takes it without git too.
+    (path / "a.txt").write_text("changed\n")
+    (path / "scratch.txt").write_text("untracked\n")
+    (path / "build").mkdir()
+    (path / "build" / "out.o").write_text("ignored\n")
+    assert spaces.recycle("r", "run-1", commit)
+    calls.clear()
+    again = spaces.checkout("r", "run-2", commit)
+    assert calls == []
+    assert sorted(p.name for p in again.iterdir() if p.name != ".git") == [".gitignore", "a.txt"]
+    assert (again / "a.txt").read_text() == "1\n"
+    assert git(again, "status", "--porcelain", "--ignored") == ""
+    assert git(again, "symbolic-ref", "HEAD").strip() == f"refs/heads/{run_branch('run-2')}"
+    assert git(mirror, "rev-parse", f"refs/heads/{branch}").strip() == head  # run-1's, kept
+
+
+def test_a_spare_is_switched_by_git_when_the_branch_exists_or_the_commit_differs(
+    spaces: Workspaces,
+    make_repo: Callable[..., Path],
+    git: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    old = spaces.resolve_ref("r", "main")
+    mirror = spaces.mirror_path("r")
+    # A resumed run's branch exists already, packed: git moves it to the commit.
+    path = spaces.checkout("r", "run-1", old)
+    (path / "b.txt").write_text("b\n")
+    checkpoint = spaces.commit_checkpoint(path, "phase one")
+    spaces.remove("r", "run-1")
+    git(mirror, "pack-refs", "--all")
+    assert not (mirror / "refs" / "heads" / run_branch("run-1")).exists()
+    spaces.prepare_spare("r", old)
+    calls = _git_calls(monkeypatch)
+    path = spaces.checkout("r", "run-1", checkpoint)
+    assert [c[0] for c in calls] == ["checkout"]
+    assert spaces.head(path) == checkpoint and (path / "b.txt").exists()
+    assert git(path, "symbolic-ref", "HEAD").strip() == f"refs/heads/{run_branch('run-1')}"
+    spaces.remove("r", "run-1")
+    # A spare at another commit than the run's: git switches it.
+    spaces.prepare_spare("r", checkpoint)
+    calls.clear()
+    path = spaces.checkout("r", "run-2", old)
+    assert [c[0] for c in calls] == ["checkout"]
+    assert spaces.head(path) == old and not (path / "b.txt").exists()
+    assert git(path, "status", "--porcelain") == ""
+    # A branch lock held by another writer: the fast path steps aside and git is asked.
+    spaces.prepare_spare("r", old)
+    lock = mirror / "refs" / "heads" / f"{run_branch('run-3')}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
+    calls.clear()
+    with pytest.raises(GitError):  # git refuses too, and says why
+        spaces.checkout("r", "run-3", old)
+    assert lock.exists()

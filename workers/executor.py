@@ -33,7 +33,6 @@ from workers import leases
 from workers.attempts import (
     AttemptStep,
     ExecutionObserver,
-    InBackground,
     NullObserver,
     safe_cwd,
     with_overrides,
@@ -200,6 +199,12 @@ class RunExecutor:
 
     def _execute_leased(self, claim: Claim, lease: Lease, heartbeat: Heartbeat) -> str:
         ledger = Ledger(self.sessions, lease, self.settings.effective_db_retry_s)
+        try:
+            return self._execute_recorded(claim, ledger, heartbeat)
+        finally:
+            ledger.settle(quiet=True)  # a write still in flight when the run ended abnormally
+
+    def _execute_recorded(self, claim: Claim, ledger: Ledger, heartbeat: Heartbeat) -> str:
         for host, pgid in claim.lost:
             if host == socket.gethostname() and pgid and kill_group(pgid):
                 logger.info("killed process group %s left by a dead worker", pgid)
@@ -437,8 +442,8 @@ class RunExecutor:
             "AUTOPACK_WORKTREE": str(worktree),
         }
         disk_limit_mb = effective_limit_mb(self.settings, run.spec.get("budgets"))
-        # Each command's process group is recorded while the command runs, not before.
-        recorder = InBackground(f"autopack-record-{run.id}")
+        # Each command's process group is recorded while the command runs, not before; the
+        # ledger's next write joins that write.
         ctx = AttemptContext(
             settings=self.settings,
             worktree=worktree,
@@ -446,18 +451,15 @@ class RunExecutor:
             timeout_s=timeout,
             should_stop=heartbeat.stop_reason,
             env=env_extra,
-            on_spawn=lambda pgid: recorder.submit(
-                functools.partial(ledger.record_process, attempt_id, pgid)
-            ),
+            on_spawn=functools.partial(ledger.record_process_soon, attempt_id),
             disk_limit=DiskLimit(worktree, disk_limit_mb) if disk_limit_mb else None,
         )
         started = time.monotonic()
         try:
             result = runner.run(spec, ctx)
         except BaseException:
-            recorder.wait(quiet=True)
+            ledger.settle(quiet=True)
             raise
-        recorder.wait()
         # Mask secrets before anything reads the log (recovery, the Doctor, storage).
         redact_file(log_path, secret_values(self.settings, spec.get("secret_env") or []))
         scope = list(phase.spec.get("scope") or [])

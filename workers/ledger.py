@@ -23,6 +23,7 @@ from shared.models import Attempt, Phase, Run, utcnow
 from shared.runs.spec import PhaseSpec
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 from workers import leases, statements
+from workers.background import InBackground
 from workers.leases import Lease
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class Ledger:
         # holders were marked lost when this lease was taken (begin_in), so when this is empty
         # no attempt of the run is running.
         self._open_attempts: set[int] = set()
+        # Process-group writes in flight (record_process_soon), joined before any other write.
+        self._background = InBackground(f"autopack-ledger-{lease.run_id}")
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """call(), retried with backoff while the database is unreachable, for up to retry_s.
@@ -103,7 +106,17 @@ class Ledger:
         Each call is a whole transaction, so a retry never sees half of an earlier try; a try whose
         commit landed but whose reply was lost is retried too, so every write is idempotent. One
         warning is logged per outage, not per try; LeaseLost and other errors are not retried.
+        A write still in flight on the helper thread is joined first (raising its error), so the
+        run's record is written in the order of the calls.
         """
+        self.settle()
+        return self._retry(what, call)
+
+    def settle(self, *, quiet: bool = False) -> None:
+        """Join the process-group write in flight, if any; raise its error unless quiet."""
+        self._background.wait(quiet=quiet)
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.retry_s
         tries = 0
         while True:
@@ -196,9 +209,20 @@ class Ledger:
         """
         self._base = base_commit
 
-    @_retried("writing the attempt's process group")
-    def record_process(self, attempt_id: int, pgid: int) -> None:
-        """Remember the process group of the attempt's running command."""
+    def record_process_soon(self, attempt_id: int, pgid: int) -> None:
+        """Remember the process group of the attempt's running command, on a helper thread.
+
+        The write overlaps the command and what the executor does after it (reading the log, `git
+        status`); the ledger's next write joins it first and raises its error (LeaseLost, an
+        outage outlasting the retries), so nothing is written after it out of order.
+        """
+        self._background.submit(
+            lambda: self._retry(
+                "writing the attempt's process group", lambda: self._record_pgid(attempt_id, pgid)
+            )
+        )
+
+    def _record_pgid(self, attempt_id: int, pgid: int) -> None:
         with self.fenced() as session:
             statements.record_pgid(session.connection(), attempt_id, pgid)
 
@@ -242,7 +266,6 @@ class Ledger:
         self._open_attempts.add(inserted)
         return inserted
 
-    @_retried("writing the attempt's outcome")
     def finish_attempt(self, attempt_id: int, outcome: AttemptOutcome) -> None:
         """Store how an attempt ended and its full output.
 
@@ -255,6 +278,10 @@ class Ledger:
         if outcome.status == AttemptStatus.SUCCEEDED:
             self._succeeded = (attempt_id, outcome, now)
             return
+        self._store_ended_attempt(attempt_id, outcome, now)
+
+    @_retried("writing the attempt's outcome")
+    def _store_ended_attempt(self, attempt_id: int, outcome: AttemptOutcome, now: datetime) -> None:
         with self.fenced() as session:
             _store_attempt(session, attempt_id, outcome, now)
         self._open_attempts.discard(attempt_id)

@@ -21,7 +21,8 @@ from shared.runs import repository, service
 from shared.runs.spec import RunCreate
 from shared.settings import Settings
 from tests.conftest import wait_until
-from workers.attempts import InBackground, NullObserver
+from workers.attempts import NullObserver
+from workers.background import InBackground
 from workers.executor import RunExecutor
 from workers.workspace import Workspaces
 

@@ -342,3 +342,38 @@ def test_the_runs_end_is_fenced_and_writes_the_pending_base(
     with sessions() as session:
         run = session.get(Run, lease.run_id)
         assert run is not None and run.status == "succeeded" and run.failure_reason is None
+
+
+def test_a_process_group_write_in_flight_is_joined_by_the_next_write(
+    proxied: tuple[TcpProxy, sessionmaker[Session]],
+    sessions: sessionmaker[Session],
+    lease: Lease,
+) -> None:
+    """record_process_soon returns at once; the next write waits for it and raises its error."""
+    proxy, through = proxied
+    ledger = Ledger(through, lease)
+    phase_pk = _phase_pk(sessions, lease.run_id)
+    attempt_id = ledger.start_attempt(phase_pk, 1, ["true"], "host")
+    ledger.record_process_soon(attempt_id, 4242)
+    ledger.record_drift(phase_pk, 0.3, False)  # joins the write first
+    with sessions() as session:
+        attempt = session.get(Attempt, attempt_id)
+        assert attempt is not None and attempt.pgid == 4242
+
+    # The database is unreachable for the process group's write (no retry budget): the next
+    # write, with the database back, raises that error and writes nothing itself.
+    proxy.cut()
+    ledger.record_process_soon(attempt_id, 4343)
+    wait_until(lambda: proxy.refused >= 1, timeout=10, what="the write to be refused")
+    proxy.restore()
+    with pytest.raises(OperationalError):
+        ledger.record_drift(phase_pk, 0.9, True)
+    with sessions() as session:
+        phase = session.get(Phase, phase_pk)
+        assert phase is not None and phase.drift_score == 0.3
+        attempt = session.get(Attempt, attempt_id)
+        assert attempt is not None and attempt.pgid == 4242
+    ledger.record_drift(phase_pk, 0.9, True)  # the error was handed over once
+    with sessions() as session:
+        phase = session.get(Phase, phase_pk)
+        assert phase is not None and phase.drift_score == 0.9

@@ -81,6 +81,7 @@ BEGIN, END = "<!-- BEGIN GENERATED (bench.system) -->", "<!-- END GENERATED (ben
 POLL_S = 0.020
 LONG_POLL_S = 10.0
 TO_FINISHED = "client sent -> finished_at (no polling)"
+HELPER_THREAD = "(helper thread)"  # probe spans that run beside the executor's main thread
 API_CONCURRENCY = 32
 PG_GROUP = "PostgreSQL (bench DB backends + exited backends)"
 SELF = "load generator (this process)"
@@ -671,16 +672,24 @@ def measure_profile(ctx: Ctx) -> None:
         for name, a, b in spans:
             if name == "execute":
                 continue
+            # A helper thread's span overlaps the main thread's steps: it encloses none of them,
+            # is enclosed by none, and is not part of the main thread's time.
+            helper = HELPER_THREAD in name
             enclosing = [
                 (d - c, other)
                 for other, c, d in spans
-                if other not in ("execute", name) and c <= a and b <= d and (d - c) > (b - a)
+                if other not in ("execute", name)
+                and HELPER_THREAD not in other
+                and not helper
+                and c <= a
+                and b <= d
+                and (d - c) > (b - a)
             ]
             if enclosing:
                 parent = min(enclosing)[1]
                 parent_of[f"{name} (in {parent})"] = parent
                 name = f"{name} (in {parent})"
-            else:
+            elif not helper:
                 outside -= b - a
             seen[name] = seen.get(name, 0.0) + (b - a) * 1000
             order[name] = min(order.get(name, a - x0), a - x0)

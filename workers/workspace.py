@@ -311,6 +311,7 @@ class Workspaces:
         A spare is always clean (made by `prepare_spare` or `recycle`), so when it is detached at
         the run's commit it only needs the run's branch, which is written without starting git;
         otherwise `git checkout -f -B` switches it to the commit.
+
         A spare that cannot be used (half-made by a killed worker, removed behind git's back) is
         removed, and the caller checks out afresh.
         """

@@ -109,5 +109,10 @@ def fence(session: Session, lease: Lease, *, base: str | None = None) -> bool:
         session.connection(), lease.run_id, lease.token, utcnow(), base
     )
     if cancel_requested is None:
-        raise LeaseLost(f"lease on run {lease.run_id} (token {lease.token}) was taken over")
+        raise lease_lost(lease)
     return cancel_requested
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    """The error a fenced write raises when the token no longer holds the run."""
+    return LeaseLost(f"lease on run {lease.run_id} (token {lease.token}) was taken over")

@@ -99,6 +99,8 @@ class Ledger:
         self._open_attempts: set[int] = set()
         # Process-group writes in flight (record_process_soon), joined before any other write.
         self._background = InBackground(f"autopack-ledger-{lease.run_id}")
+        # Whether the transactions on a run's path can be single statements (statements.*_PG).
+        self._postgresql = _dialect(sessions) == "postgresql"
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """call(), retried with backoff while the database is unreachable, for up to retry_s.
@@ -234,6 +236,10 @@ class Ledger:
         check and the start are one transaction, so no attempt starts after a cancel request.
         """
         now = utcnow()
+        if self._postgresql:
+            attempt_id = self._start_attempt_pg(phase_pk, number, commands, host, now)
+            self._open_attempts.add(attempt_id)
+            return attempt_id
         with self.fenced() as session:
             if self.cancel_requested:
                 raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
@@ -256,15 +262,47 @@ class Ledger:
                 },
             )
             if inserted is None:  # an earlier try committed, and only its reply was lost
-                inserted = session.execute(
-                    select(Attempt.id).where(
-                        Attempt.phase_pk == phase_pk,
-                        Attempt.number == number,
-                        Attempt.lease_token == self.lease.token,
-                    )
-                ).scalar_one()
+                inserted = self._existing_attempt(session, phase_pk, number)
         self._open_attempts.add(inserted)
         return inserted
+
+    def _start_attempt_pg(
+        self, phase_pk: int, number: int, commands: list[str], host: str, now: datetime
+    ) -> int:
+        """start_attempt's transaction as one statement (statements.START_ATTEMPT_PG)."""
+        base = self._base
+        with transaction(self.sessions) as session:
+            started = statements.start_attempt_pg(
+                session.connection(),
+                self.lease.run_id,
+                self.lease.token,
+                now,
+                base,
+                phase_pk,
+                number,
+                self.lease.owner,
+                commands,
+                host,
+            )
+            if started is None:
+                raise leases.lease_lost(self.lease)
+            self.cancel_requested, inserted = started
+            if self.cancel_requested:  # rolls back the fence's write: nothing is written
+                raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
+            if inserted is None:  # an earlier try committed, and only its reply was lost
+                inserted = self._existing_attempt(session, phase_pk, number)
+        if self._base == base:
+            self._base = None
+        return inserted
+
+    def _existing_attempt(self, session: Session, phase_pk: int, number: int) -> int:
+        return session.execute(
+            select(Attempt.id).where(
+                Attempt.phase_pk == phase_pk,
+                Attempt.number == number,
+                Attempt.lease_token == self.lease.token,
+            )
+        ).scalar_one()
 
     def finish_attempt(self, attempt_id: int, outcome: AttemptOutcome) -> None:
         """Store how an attempt ended and its full output.
@@ -410,18 +448,41 @@ class Ledger:
         last = self._last_phase
         checkpoint = last[1] if last is not None else None
         ended = dict(reason=reason, result_commit=result_commit, diffstat=diffstat)
+        succeeded = self._succeeded
+        # On PostgreSQL the common end, the last phase's success with its attempt, is one statement.
+        together = self._postgresql and last is not None and succeeded is not None
         with transaction(self.sessions) as session:
             connection = session.connection()
-            finished = statements.finish_run(
-                connection,
-                self.lease.run_id,
-                self.lease.token,
-                str(status),
-                now,
-                checkpoint=checkpoint,
-                base=base,
-                **ended,
-            )
+            if together:
+                assert last is not None and succeeded is not None
+                finished = statements.finish_with_last_phase_pg(
+                    connection,
+                    statements.finish_params(
+                        self.lease.run_id,
+                        self.lease.token,
+                        str(status),
+                        now,
+                        checkpoint=checkpoint,
+                        base=base,
+                        **ended,
+                    ),
+                    succeeded[0],
+                    *_attempt_values(succeeded[1], succeeded[2]),
+                    phase_pk=last[0],
+                    checkpoint=last[1],
+                    phase_now=last[2],
+                )
+            else:
+                finished = statements.finish_run(
+                    connection,
+                    self.lease.run_id,
+                    self.lease.token,
+                    str(status),
+                    now,
+                    checkpoint=checkpoint,
+                    base=base,
+                    **ended,
+                )
             if not finished:
                 # Not running under our token: taken over (LeaseLost), or a cancel request arrived
                 # while the run was finishing, and it ends cancelled, as asked.
@@ -429,9 +490,9 @@ class Ledger:
                 statements.finish_cancelling(
                     connection, self.lease.run_id, now, checkpoint=checkpoint, **ended
                 )
-            if last is not None:
+            if last is not None and not (together and finished):
                 self._store_phase_succeeded(session, *last, with_run=False)
-            stored = {self._succeeded[0]} if last is not None and self._succeeded else set()
+            stored = {succeeded[0]} if last is not None and succeeded else set()
             if not (finished and status == RunStatus.SUCCEEDED and self._open_attempts <= stored):
                 statements.end_open_work(
                     connection,
@@ -521,22 +582,33 @@ def _store_attempt(
 ) -> None:
     """Write an attempt's end and its log (idempotent: a retry after a landed commit is a no-op)."""
     statements.store_attempt(
-        session.connection(),
-        attempt_id,
-        {
-            "status": str(outcome.status),
-            "finished_at": finished_at,
-            "exit_code": outcome.exit_code,
-            "signal": outcome.signal,
-            "failure_class": outcome.failure_class,
-            "failure_reason": outcome.failure_reason,
-            "output_tail": outcome.output_tail,
-            "log_path": outcome.log_path,
-            "mitigation": outcome.mitigation,
-        },
-        {
-            "content": outcome.log_content,
-            "truncated": outcome.log_truncated,
-            "size_bytes": outcome.log_size,
-        },
+        session.connection(), attempt_id, *_attempt_values(outcome, finished_at)
     )
+
+
+def _attempt_values(
+    outcome: AttemptOutcome, finished_at: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An ended attempt's columns and its log's, as statements.store_attempt takes them."""
+    ended = {
+        "status": str(outcome.status),
+        "finished_at": finished_at,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "failure_class": outcome.failure_class,
+        "failure_reason": outcome.failure_reason,
+        "output_tail": outcome.output_tail,
+        "log_path": outcome.log_path,
+        "mitigation": outcome.mitigation,
+    }
+    log = {
+        "content": outcome.log_content,
+        "truncated": outcome.log_truncated,
+        "size_bytes": outcome.log_size,
+    }
+    return ended, log
+
+
+def _dialect(sessions: sessionmaker[Session]) -> str:
+    bind = sessions.kw.get("bind")
+    return str(getattr(getattr(bind, "dialect", None), "name", ""))

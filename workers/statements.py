@@ -8,7 +8,11 @@ executed as Core statements (`session.connection().execute(STATEMENT, params)`):
 form comes from the cache at once, and the transaction is still the session's.
 
 Every statement here is plain SQL that PostgreSQL and SQLite both run; the idempotent inserts
-have one form per dialect (`ON CONFLICT DO NOTHING`).
+have one form per dialect (`ON CONFLICT DO NOTHING`). On PostgreSQL, the two transactions on every
+run's path that hold several statements, an attempt's start and the run's end, are each one
+statement instead: data-modifying CTEs, every part gated on the fence's row, so a lost lease or a
+cancel request writes nothing but what the separate statements would have written. That saves
+about 0.6 ms of Python per statement (the attempt's start: 4.6 -> 2.7 ms in-process).
 """
 
 from __future__ import annotations
@@ -16,7 +20,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Executable, Table, and_, bindparam, case, func, or_, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Executable,
+    Table,
+    TextClause,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -220,6 +237,133 @@ FINISH_CANCELLING = (
 )
 
 
+# --- PostgreSQL: one statement per transaction -----------------------------------------------------
+
+# An attempt's start: the fence (also writing a pending base), then, unless cancellation was
+# requested, the phase marked running and the attempt inserted (nothing when it exists: a retried
+# write). One row (cancel flag, the new attempt's id or NULL) while the token holds the run; none
+# when it does not.
+START_ATTEMPT_PG: TextClause = text(
+    """
+    WITH fence AS (
+        UPDATE runs SET updated_at = :p_now, base_commit = coalesce(:p_base, base_commit)
+        WHERE id = :p_run_id AND lease_token = :p_token
+        RETURNING cancel_requested
+    ), started AS (
+        UPDATE phases
+        SET status = 'running', started_at = coalesce(started_at, :p_now),
+            attempts_count = :p_number
+        WHERE pk = :p_phase_pk AND EXISTS (SELECT 1 FROM fence WHERE NOT cancel_requested)
+        RETURNING pk
+    ), inserted AS (
+        INSERT INTO attempts
+            (run_id, phase_pk, number, worker, lease_token, status, started_at, commands, host)
+        SELECT :p_run_id, pk, :p_number, :p_worker, :p_token, 'running', :p_now,
+               CAST(:p_commands AS json), :p_host
+        FROM started
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    )
+    SELECT cancel_requested, (SELECT id FROM inserted) FROM fence
+    """
+).bindparams(bindparam("p_commands", type_=JSON))
+
+# The run's end with its last phase's success and that phase's succeeded attempt (status, output,
+# log), all gated on FINISH_RUN's row: while the run is running under the token, everything is
+# written; otherwise nothing, and the caller goes the general way. Returns a row per run ended.
+FINISH_WITH_LAST_PHASE_PG: TextClause = text(
+    """
+    WITH finished AS (
+        UPDATE runs
+        SET status = :p_status, failure_reason = :p_reason, result_commit = :p_result_commit,
+            result_diffstat = :p_diffstat, finished_at = :p_now, updated_at = :p_now,
+            lease_owner = NULL, lease_expires_at = NULL,
+            checkpoint_commit = coalesce(:p_checkpoint, checkpoint_commit),
+            base_commit = coalesce(:p_base, base_commit)
+        WHERE id = :p_run_id AND lease_token = :p_token AND status = 'running'
+        RETURNING id
+    ), attempt AS (
+        UPDATE attempts
+        SET status = :a_status, finished_at = :a_finished_at, exit_code = :a_exit_code,
+            signal = :a_signal, failure_class = :a_failure_class,
+            failure_reason = :a_failure_reason, output_tail = :a_output_tail,
+            log_path = :a_log_path, mitigation = :a_mitigation
+        WHERE id = :a_attempt_id AND EXISTS (SELECT 1 FROM finished)
+        RETURNING id
+    ), log AS (
+        INSERT INTO attempt_logs (attempt_id, content, truncated, size_bytes)
+        SELECT :a_attempt_id, :l_content, :l_truncated, :l_size_bytes FROM finished
+        ON CONFLICT DO NOTHING
+        RETURNING attempt_id
+    ), phase AS (
+        UPDATE phases
+        SET status = 'succeeded', finished_at = :ph_now, checkpoint_commit = :ph_checkpoint
+        WHERE pk = :ph_pk AND EXISTS (SELECT 1 FROM finished)
+        RETURNING pk
+    )
+    SELECT id FROM finished
+    """
+)
+
+
+def start_attempt_pg(
+    connection: Connection,
+    run_id: str,
+    token: int,
+    now: datetime,
+    base: str | None,
+    phase_pk: int,
+    number: int,
+    worker: str,
+    commands: list[str],
+    host: str,
+) -> tuple[bool, int | None] | None:
+    """START_ATTEMPT_PG: (cancel requested, the new attempt's id or None); None when the lease is
+    lost. Nothing but the fence is written when cancellation was requested."""
+    row = connection.execute(
+        START_ATTEMPT_PG,
+        {
+            "p_now": now,
+            "p_base": base,
+            "p_run_id": run_id,
+            "p_token": token,
+            "p_phase_pk": phase_pk,
+            "p_number": number,
+            "p_worker": worker,
+            "p_commands": commands,
+            "p_host": host,
+        },
+    ).first()
+    if row is None:
+        return None
+    return bool(row[0]), None if row[1] is None else int(row[1])
+
+
+def finish_with_last_phase_pg(
+    connection: Connection,
+    run: dict[str, Any],
+    attempt_id: int,
+    ended: dict[str, Any],
+    log: dict[str, Any],
+    *,
+    phase_pk: int,
+    checkpoint: str,
+    phase_now: datetime,
+) -> bool:
+    """FINISH_WITH_LAST_PHASE_PG (`run`: finish_run's parameters with the prefix, `ended` and `log`:
+    store_attempt's); whether the run was running under the token (else nothing was written)."""
+    params = {
+        **run,
+        **{f"a_{key}": value for key, value in ended.items()},
+        **{f"l_{key}": value for key, value in log.items()},
+        "a_attempt_id": attempt_id,
+        "ph_pk": phase_pk,
+        "ph_checkpoint": checkpoint,
+        "ph_now": phase_now,
+    }
+    return connection.execute(FINISH_WITH_LAST_PHASE_PG, params).first() is not None
+
+
 # --- execution ------------------------------------------------------------------------------------
 
 
@@ -296,22 +440,44 @@ def finish_run(
     base: str | None,
 ) -> bool:
     """End the run if it is running under token (which fences the transaction); whether it was."""
-    return bool(
-        connection.execute(
-            FINISH_RUN,
-            {
-                "p_run_id": run_id,
-                "p_token": token,
-                "p_status": status,
-                "p_now": now,
-                "p_reason": reason,
-                "p_result_commit": result_commit,
-                "p_diffstat": diffstat,
-                "p_checkpoint": checkpoint,
-                "p_base": base,
-            },
-        ).rowcount
+    params = finish_params(
+        run_id,
+        token,
+        status,
+        now,
+        reason=reason,
+        result_commit=result_commit,
+        diffstat=diffstat,
+        checkpoint=checkpoint,
+        base=base,
     )
+    return bool(connection.execute(FINISH_RUN, params).rowcount)
+
+
+def finish_params(
+    run_id: str,
+    token: int,
+    status: str,
+    now: datetime,
+    *,
+    reason: str | None,
+    result_commit: str | None,
+    diffstat: str | None,
+    checkpoint: str | None,
+    base: str | None,
+) -> dict[str, Any]:
+    """FINISH_RUN's parameters (FINISH_WITH_LAST_PHASE_PG takes them too)."""
+    return {
+        "p_run_id": run_id,
+        "p_token": token,
+        "p_status": status,
+        "p_now": now,
+        "p_reason": reason,
+        "p_result_commit": result_commit,
+        "p_diffstat": diffstat,
+        "p_checkpoint": checkpoint,
+        "p_base": base,
+    }
 
 
 def finish_cancelling(

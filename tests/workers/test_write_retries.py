@@ -377,3 +377,58 @@ def test_a_process_group_write_in_flight_is_joined_by_the_next_write(
     with sessions() as session:
         phase = session.get(Phase, phase_pk)
         assert phase is not None and phase.drift_score == 0.9
+
+
+def test_the_last_phase_and_its_attempt_end_with_the_run_or_not_at_all(
+    sessions: sessionmaker[Session], lease: Lease, tmp_path: Path
+) -> None:
+    """The run's end carries its last phase's success and that phase's succeeded attempt (one
+    statement on PostgreSQL): written together when the run ends, and only then."""
+
+    def ended(run_id: str, phase_pk: int, attempt_id: int) -> tuple[str, str, str, bool]:
+        with sessions() as session:
+            run = session.get(Run, run_id)
+            phase = session.get(Phase, phase_pk)
+            attempt = session.get(Attempt, attempt_id)
+            assert run is not None and phase is not None and attempt is not None
+            log = session.get(AttemptLog, attempt_id) is not None
+            return run.status, phase.status, attempt.status, log
+
+    def ready(held: Lease) -> tuple[Ledger, int, int]:
+        ledger = Ledger(sessions, held)
+        phase_pk = _phase_pk(sessions, held.run_id)
+        attempt_id = ledger.start_attempt(phase_pk, 1, ["true"], "host")
+        ledger.finish_attempt(attempt_id, _outcome(AttemptStatus.SUCCEEDED, tmp_path / "a.log"))
+        ledger.phase_succeeded(phase_pk, "f" * 40, last=True)
+        return ledger, phase_pk, attempt_id
+
+    # The lease was taken over before the end: nothing of it is written.
+    ledger, phase_pk, attempt_id = ready(lease)
+    with transaction(sessions) as session:
+        session.execute(update(Run).where(Run.id == lease.run_id).values(lease_token=99))
+    with pytest.raises(LeaseLost):
+        ledger.finish_run(RunStatus.SUCCEEDED, result_commit="f" * 40)
+    assert ended(lease.run_id, phase_pk, attempt_id) == ("running", "running", "running", False)
+
+    # A cancel request arrived while the run was finishing: it ends cancelled, as asked, and the
+    # phase's success and its attempt are still recorded.
+    with transaction(sessions) as session:
+        session.execute(update(Run).where(Run.id == lease.run_id).values(lease_token=lease.token))
+    ledger, phase_pk, attempt_id = ready(lease)
+    with transaction(sessions) as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == lease.run_id)
+            .values(status=RunStatus.CANCELLING, cancel_requested=True)
+        )
+    ledger.finish_run(RunStatus.SUCCEEDED, result_commit="f" * 40)
+    assert ended(lease.run_id, phase_pk, attempt_id) == (
+        "cancelled",
+        "succeeded",
+        "succeeded",
+        True,
+    )
+    with sessions() as session:
+        run = session.get(Run, lease.run_id)
+        assert run is not None and run.checkpoint_commit == "f" * 40
+        assert run.lease_owner is None and run.failure_reason == "cancelled by request"

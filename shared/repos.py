@@ -36,10 +36,18 @@ def resolve(session: Session, settings: Settings, name: str) -> str:
     """The source of a registered repository, from settings first, then the database."""
     if name in settings.repos:
         return settings.repos[name]
-    url = session.connection().execute(_URL_BY_NAME, {"p_name": name}).scalar()
-    if url is None:
+    return source_of(
+        settings, name, session.connection().execute(_URL_BY_NAME, {"p_name": name}).scalar()
+    )
+
+
+def source_of(settings: Settings, name: str, registered: str | None) -> str:
+    """resolve() with the database's URL for name already read (None: not registered there)."""
+    if name in settings.repos:
+        return settings.repos[name]
+    if registered is None:
         raise NotFound(f"repository {name!r} is not registered")
-    return str(url)
+    return str(registered)
 
 
 def add(session: Session, name: str, url_or_path: str) -> Repository:

@@ -111,9 +111,10 @@ class RunExecutor:
             with transaction(self.sessions) as session:
                 # Most runs have no key and no passed deadline: one statement takes and reads them.
                 taken = leases.acquire_plain(session, run_id, self.owner, self.settings.lease_ttl_s)
-                if taken is not None:
+                plain, registered = taken if taken is not None else (None, None)
+                if plain is not None:
                     admission = Admission(key=None, admitted=True)
-                    lease: Lease | None = Lease(run_id, self.owner, taken.lease_token)
+                    lease: Lease | None = Lease(run_id, self.owner, plain.lease_token)
                 else:
                     service.expire_queue_waits(session, run_id)
                     admission = concurrency.admit(session, run_id)
@@ -125,10 +126,14 @@ class RunExecutor:
                 if lease is not None:
                     lost = begin_in(session, lease)
                     run, phases = snapshot_in(
-                        session, run_id, first_lease=lease.token == 1, run=taken
+                        session, run_id, first_lease=lease.token == 1, run=plain
                     )
                     try:
-                        source: str | NotFound = repos.resolve(session, self.settings, run.repo)
+                        source: str | NotFound = (
+                            repos.source_of(self.settings, run.repo, registered)
+                            if plain is not None  # its URL came with it
+                            else repos.resolve(session, self.settings, run.repo)
+                        )
                     except NotFound as error:  # unregistered since: the run fails, below
                         source = error
             if admission.superseded:

@@ -59,8 +59,11 @@ def acquire(session: Session, run_id: str, owner: str, ttl_s: float) -> Lease | 
     return Lease(run_id=run_id, owner=owner, token=token)
 
 
-def acquire_plain(session: Session, run_id: str, owner: str, ttl_s: float) -> Run | None:
-    """acquire() for a run with no concurrency key and no passed queue deadline, returning it.
+def acquire_plain(
+    session: Session, run_id: str, owner: str, ttl_s: float
+) -> tuple[Run, str | None] | None:
+    """acquire() for a run with no concurrency key and no passed queue deadline, returning it
+    and its repository's registered URL (None when the name is not registered).
 
     One statement (UPDATE ... RETURNING the row). None when the run is not such a run, or is held
     or ended: the caller then takes the general way (expire, admit, acquire). The Run returned
@@ -81,7 +84,11 @@ def acquire_plain(session: Session, run_id: str, owner: str, ttl_s: float) -> Ru
         )
         .one_or_none()
     )
-    return None if row is None else Run(**row._asdict())
+    if row is None:
+        return None
+    values = row._asdict()
+    url = values.pop(statements.ACQUIRED_REPO_URL)
+    return Run(**values), url
 
 
 def renew(session: Session, lease: Lease, ttl_s: float) -> bool:

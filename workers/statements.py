@@ -31,21 +31,25 @@ from sqlalchemy import (
     case,
     func,
     or_,
+    select,
     text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from shared.models import Attempt, AttemptLog, Phase, Run
+from shared.models import Attempt, AttemptLog, Phase, Repository, Run
 from shared.runs.states import AttemptStatus, PhaseStatus, RunStatus
 
 runs = cast(Table, Run.__table__)
 phases = cast(Table, Phase.__table__)
 attempts = cast(Table, Attempt.__table__)
 attempt_logs = cast(Table, AttemptLog.__table__)
+repositories = cast(Table, Repository.__table__)
 
 # --- the lease ------------------------------------------------------------------------------------
+
+ACQUIRED_REPO_URL = "autopack_repo_url"
 
 # Lock the run row while our token holds it; the cancel flag comes back in the same statement.
 FENCE = (
@@ -59,7 +63,7 @@ FENCE_WITH_BASE = FENCE.values(base_commit=bindparam("p_base"))
 
 # A delivery's common case in one statement: take a queued run that has no concurrency key and
 # whose queue deadline has not passed, or a running one whose lease expired (a takeover), and
-# return the whole row. Anything else (a key to admit under, a deadline to enforce, a run held or
+# return the whole row with its repository's registered URL (ACQUIRED_REPO_URL). Anything else (a key to admit under, a deadline to enforce, a run held or
 # ended) goes the general way (RunExecutor._claim).
 ACQUIRE_PLAIN = (
     update(runs)
@@ -91,7 +95,14 @@ ACQUIRE_PLAIN = (
         started_at=func.coalesce(runs.c.started_at, bindparam("p_now")),
         updated_at=bindparam("p_now"),
     )
-    .returning(*runs.c)
+    .returning(
+        *runs.c,
+        # The repository's registered source, read in the same statement.
+        select(repositories.c.url)
+        .where(repositories.c.name == runs.c.repo)
+        .scalar_subquery()
+        .label(ACQUIRED_REPO_URL),
+    )
 )
 
 # --- attempts -------------------------------------------------------------------------------------

@@ -451,21 +451,22 @@ class Ledger:
         succeeded = self._succeeded
         # On PostgreSQL the common end, the last phase's success with its attempt, is one statement.
         together = self._postgresql and last is not None and succeeded is not None
+        run_end = statements.finish_params(
+            self.lease.run_id,
+            self.lease.token,
+            str(status),
+            now,
+            checkpoint=checkpoint,
+            base=base,
+            **ended,
+        )
         with transaction(self.sessions) as session:
             connection = session.connection()
             if together:
                 assert last is not None and succeeded is not None
                 finished = statements.finish_with_last_phase_pg(
                     connection,
-                    statements.finish_params(
-                        self.lease.run_id,
-                        self.lease.token,
-                        str(status),
-                        now,
-                        checkpoint=checkpoint,
-                        base=base,
-                        **ended,
-                    ),
+                    run_end,
                     succeeded[0],
                     *_attempt_values(succeeded[1], succeeded[2]),
                     phase_pk=last[0],
@@ -473,16 +474,7 @@ class Ledger:
                     phase_now=last[2],
                 )
             else:
-                finished = statements.finish_run(
-                    connection,
-                    self.lease.run_id,
-                    self.lease.token,
-                    str(status),
-                    now,
-                    checkpoint=checkpoint,
-                    base=base,
-                    **ended,
-                )
+                finished = statements.finish_run(connection, run_end)
             if not finished:
                 # Not running under our token: taken over (LeaseLost), or a cancel request arrived
                 # while the run was finishing, and it ends cancelled, as asked.

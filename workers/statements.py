@@ -125,20 +125,24 @@ RECORD_PGID = (
     .values(pgid=bindparam("p_pgid"))
 )
 
+# What an attempt's end writes (store_attempt's `ended`), and its log's columns (`log`).
+ATTEMPT_END_COLUMNS = (
+    "status",
+    "finished_at",
+    "exit_code",
+    "signal",
+    "failure_class",
+    "failure_reason",
+    "output_tail",
+    "log_path",
+    "mitigation",
+)
+ATTEMPT_LOG_COLUMNS = ("content", "truncated", "size_bytes")
+
 STORE_ATTEMPT = (
     update(attempts)
     .where(attempts.c.id == bindparam("p_attempt_id"))
-    .values(
-        status=bindparam("p_status"),
-        finished_at=bindparam("p_finished_at"),
-        exit_code=bindparam("p_exit_code"),
-        signal=bindparam("p_signal"),
-        failure_class=bindparam("p_failure_class"),
-        failure_reason=bindparam("p_failure_reason"),
-        output_tail=bindparam("p_output_tail"),
-        log_path=bindparam("p_log_path"),
-        mitigation=bindparam("p_mitigation"),
-    )
+    .values({name: bindparam(f"p_{name}") for name in ATTEMPT_END_COLUMNS})
 )
 
 # An insert that does nothing when the row exists (a retried write whose first commit landed).
@@ -282,8 +286,9 @@ START_ATTEMPT_PG: TextClause = text(
 # The run's end with its last phase's success and that phase's succeeded attempt (status, output,
 # log), all gated on FINISH_RUN's row: while the run is running under the token, everything is
 # written; otherwise nothing, and the caller goes the general way. Returns a row per run ended.
+# The attempt's and log's column lists come from the constants above (names, never input).
 FINISH_WITH_LAST_PHASE_PG: TextClause = text(
-    """
+    f"""
     WITH finished AS (
         UPDATE runs
         SET status = :p_status, failure_reason = :p_reason, result_commit = :p_result_commit,
@@ -295,15 +300,13 @@ FINISH_WITH_LAST_PHASE_PG: TextClause = text(
         RETURNING id
     ), attempt AS (
         UPDATE attempts
-        SET status = :a_status, finished_at = :a_finished_at, exit_code = :a_exit_code,
-            signal = :a_signal, failure_class = :a_failure_class,
-            failure_reason = :a_failure_reason, output_tail = :a_output_tail,
-            log_path = :a_log_path, mitigation = :a_mitigation
+        SET {", ".join(f"{name} = :a_{name}" for name in ATTEMPT_END_COLUMNS)}
         WHERE id = :a_attempt_id AND EXISTS (SELECT 1 FROM finished)
         RETURNING id
     ), log AS (
-        INSERT INTO attempt_logs (attempt_id, content, truncated, size_bytes)
-        SELECT :a_attempt_id, :l_content, :l_truncated, :l_size_bytes FROM finished
+        INSERT INTO attempt_logs (attempt_id, {", ".join(ATTEMPT_LOG_COLUMNS)})
+        SELECT :a_attempt_id, {", ".join(f":l_{name}" for name in ATTEMPT_LOG_COLUMNS)}
+        FROM finished
         ON CONFLICT DO NOTHING
         RETURNING attempt_id
     ), phase AS (
@@ -313,7 +316,7 @@ FINISH_WITH_LAST_PHASE_PG: TextClause = text(
         RETURNING pk
     )
     SELECT id FROM finished
-    """
+    """  # noqa: S608
 )
 
 
@@ -437,31 +440,9 @@ def end_open_work(
     )
 
 
-def finish_run(
-    connection: Connection,
-    run_id: str,
-    token: int,
-    status: str,
-    now: datetime,
-    *,
-    reason: str | None,
-    result_commit: str | None,
-    diffstat: str | None,
-    checkpoint: str | None,
-    base: str | None,
-) -> bool:
-    """End the run if it is running under token (which fences the transaction); whether it was."""
-    params = finish_params(
-        run_id,
-        token,
-        status,
-        now,
-        reason=reason,
-        result_commit=result_commit,
-        diffstat=diffstat,
-        checkpoint=checkpoint,
-        base=base,
-    )
+def finish_run(connection: Connection, params: dict[str, Any]) -> bool:
+    """End the run if it is running under the token (which fences the transaction); whether it
+    was. params: finish_params()."""
     return bool(connection.execute(FINISH_RUN, params).rowcount)
 
 
@@ -477,7 +458,7 @@ def finish_params(
     checkpoint: str | None,
     base: str | None,
 ) -> dict[str, Any]:
-    """FINISH_RUN's parameters (FINISH_WITH_LAST_PHASE_PG takes them too)."""
+    """The run's end as FINISH_RUN and FINISH_WITH_LAST_PHASE_PG take it."""
     return {
         "p_run_id": run_id,
         "p_token": token,

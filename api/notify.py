@@ -1,7 +1,9 @@
 """Wake long-polling requests when a run's status changes (PostgreSQL LISTEN/NOTIFY).
 
-The `autopack_runs` channel is fed by a trigger on `runs.status` (migration 0010), so every writer
-is covered. One connection per API process listens; requests wait on an asyncio.Event per run.
+The `autopack_runs` channel is fed by a trigger on `runs.status` (migrations 0010 and 0013), so
+every writer is covered. Its payload is "<run id> <new status>". One connection per API process
+listens; requests wait on an asyncio.Event per run, set only when the new status answers them
+(a run starting does not wake a request waiting for its end).
 When notifications are unavailable (SQLite, or the listening connection is down) waiters simply
 re-read the run every `fallback_poll_s`, so a lost notification delays an answer, never loses it.
 """
@@ -11,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "autopack_runs"
+
+# Whether a run's new status answers a waiter; every status does when none is given.
+Settles = Callable[[str], bool]
 
 
 def libpq_url(sqlalchemy_url: str) -> str | None:
@@ -34,7 +39,7 @@ class RunNotifications:
     def __init__(self, database_url: str, *, fallback_poll_s: float = 1.0) -> None:
         self.url = libpq_url(database_url)
         self.listening = False
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, dict[asyncio.Event, Settles | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self.fallback_poll_s = fallback_poll_s if self.url else 0.25
 
@@ -54,27 +59,36 @@ class RunNotifications:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        self._wake_all()
 
     @contextlib.contextmanager
-    def subscribe(self, run_id: str) -> Iterator[asyncio.Event]:
-        """An event set when the run's status changes (subscribe before re-reading the run)."""
+    def subscribe(self, run_id: str, settles: Settles | None = None) -> Iterator[asyncio.Event]:
+        """An event set when the run's status changes to one that settles(status) accepts, or to
+        any status without settles (subscribe before re-reading the run).
+
+        The event is also set whenever a change may have gone unseen (listening (re)started or
+        lost, the API stopping) and by a notification without a status: re-read the run then.
+        """
         event = asyncio.Event()
-        self._waiters.setdefault(run_id, set()).add(event)
+        self._waiters.setdefault(run_id, {})[event] = settles
         try:
             yield event
         finally:
             waiters = self._waiters.get(run_id)
             if waiters is not None:
-                waiters.discard(event)
+                waiters.pop(event, None)
                 if not waiters:
                     del self._waiters[run_id]
 
-    def _wake(self, run_id: str) -> None:
-        for event in self._waiters.get(run_id, ()):
-            event.set()
+    def _notified(self, payload: str) -> None:
+        """A notification: "<run id> <status>", or a bare run id (the trigger before 0013)."""
+        run_id, _, status = payload.partition(" ")
+        self._wake(run_id, status or None)
+
+    def _wake(self, run_id: str, status: str | None = None) -> None:
+        for event, settles in self._waiters.get(run_id, {}).items():
+            if status is None or settles is None or settles(status):
+                event.set()
 
     def _wake_all(self) -> None:
         for run_id in list(self._waiters):
@@ -93,7 +107,7 @@ class RunNotifications:
                     # Changes made while we were not listening are caught by one re-read.
                     self._wake_all()
                     async for notify in conn.notifies():
-                        self._wake(notify.payload)
+                        self._notified(notify.payload)
             except asyncio.CancelledError:
                 self.listening = False
                 raise

@@ -21,7 +21,7 @@ from shared.runs import events, repository, service
 from shared.runs.events import RunEvent
 from shared.runs.schemas import RunPage, RunRead, RunStatusRead, RunSummary
 from shared.runs.spec import NAME_PATTERN, RunCreate
-from shared.runs.states import RunStatus
+from shared.runs.states import RUN_TERMINAL, RunStatus
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -113,14 +113,17 @@ async def get_run_status(
         with single_read(sessions) as session:  # one statement
             return service.read_status(session, run_id)
 
+    def settles(status: str) -> bool:
+        return status in RUN_TERMINAL if from_status is None else status != from_status
+
     def settled(status: RunStatusRead) -> bool:
-        return status.terminal if from_status is None else status.status != from_status
+        return settles(status.status)
 
     if wait_s <= 0:
         return await run_in_threadpool(read)
     notifications: RunNotifications = request.app.state.notifications
     deadline = time.monotonic() + wait_s
-    with notifications.subscribe(run_id) as changed:
+    with notifications.subscribe(run_id, settles) as changed:
         while True:
             changed.clear()  # before reading: a change during the read wakes the wait below
             status = await run_in_threadpool(read)

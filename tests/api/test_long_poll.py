@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.notify import RunNotifications
 from shared.db import transaction
 from shared.models import Run
+from shared.runs.states import RUN_TERMINAL
 from shared.settings import Settings
 
 
@@ -83,11 +85,7 @@ def test_notifications_wake_a_waiter_on_any_status_write(
         hub = RunNotifications(settings.database_url or "", fallback_poll_s=3600)
         await hub.start()
         try:
-            for _ in range(200):  # until LISTEN is in place
-                if hub.listening:
-                    break
-                await asyncio.sleep(0.05)
-            assert hub.listening
+            await _listening(hub)
             with hub.subscribe(run_id) as changed:
                 await asyncio.to_thread(_set_status, sessions, run_id, "cancelled")
                 await asyncio.wait_for(changed.wait(), timeout=30)
@@ -96,6 +94,71 @@ def test_notifications_wake_a_waiter_on_any_status_write(
             await hub.stop()
 
     assert asyncio.run(scenario())
+
+
+async def _listening(hub: RunNotifications) -> None:
+    for _ in range(200):  # until LISTEN is in place
+        if hub.listening:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the API never listened for run notifications")
+
+
+def test_a_waiter_is_woken_only_by_a_status_that_answers_it(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    client: httpx.Client,
+    register_repo: Callable[..., str],
+) -> None:
+    """The notification carries the new status: a run starting does not wake a wait for its end."""
+    run_id = _created_run(client, register_repo())
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        hub = RunNotifications(settings.database_url or "", fallback_poll_s=3600)
+        await hub.start()
+        try:
+            await _listening(hub)
+            with (
+                hub.subscribe(run_id, lambda status: status in RUN_TERMINAL) as for_end,
+                hub.subscribe(run_id) as for_any,
+            ):
+                await asyncio.to_thread(_set_status, sessions, run_id, "running")
+                await asyncio.wait_for(for_any.wait(), timeout=30)
+                # Both waiters were offered the same notification; only one took it.
+                woken_by_running = for_end.is_set()
+                await asyncio.to_thread(_set_status, sessions, run_id, "succeeded")
+                await asyncio.wait_for(for_end.wait(), timeout=30)
+                return woken_by_running, for_end.is_set(), for_any.is_set()
+        finally:
+            await hub.stop()
+
+    assert asyncio.run(scenario()) == (False, True, True)
+
+
+def test_a_notification_without_a_status_wakes_every_waiter(
+    settings: Settings, client: httpx.Client, register_repo: Callable[..., str], pg_url: str
+) -> None:
+    """A bare run id (the trigger of an API older than migration 0013) means "re-read the run"."""
+    run_id = _created_run(client, register_repo())
+
+    async def scenario() -> bool:
+        hub = RunNotifications(settings.database_url or "", fallback_poll_s=3600)
+        await hub.start()
+        try:
+            await _listening(hub)
+            with hub.subscribe(run_id, lambda status: status in RUN_TERMINAL) as for_end:
+                await asyncio.to_thread(_notify, pg_url, run_id)
+                await asyncio.wait_for(for_end.wait(), timeout=30)
+                return for_end.is_set()
+        finally:
+            await hub.stop()
+
+    assert asyncio.run(scenario())
+
+
+def _notify(pg_url: str, payload: str) -> None:
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as connection:
+        connection.execute("SELECT pg_notify('autopack_runs', %s)", (payload,))
 
 
 def _set_status(sessions: sessionmaker[Session], run_id: str, status: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import CeleryDispatcher
 from shared import auth
-from shared.db import single_read
+from shared.db import single_statement
 from shared.settings import Settings
 
 
@@ -51,7 +51,7 @@ def require_key(
     presented = x_api_key
     if not presented and authorization and authorization.lower().startswith("bearer "):
         presented = authorization[7:].strip()
-    with single_read(sessions) as session:
+    with single_statement(sessions) as session:
         return auth.verify(session, settings, presented)
 
 

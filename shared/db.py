@@ -54,6 +54,12 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def dialect_of(factory: sessionmaker[Session]) -> str:
+    """The name of the database a session factory is bound to ("postgresql", "sqlite")."""
+    bind = factory.kw.get("bind")
+    return str(getattr(getattr(bind, "dialect", None), "name", ""))
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
@@ -67,11 +73,19 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @contextmanager
-def single_read(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session for reads that need no transaction (one statement each: API key checks, status
-    polls). On PostgreSQL it runs in autocommit mode, saving the BEGIN and ROLLBACK round trips;
-    SQLite keeps its usual transaction (the engine's BEGIN IMMEDIATE hook runs either way)."""
+def single_statement(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for a transaction of one statement: API key checks, status polls, the writes
+    that are one statement (a worker's claim, an attempt's start, a run's end on PostgreSQL).
+
+    On PostgreSQL it runs in autocommit mode: the statement is its own transaction, atomic and
+    durable as ever, without the BEGIN and COMMIT round trips. Elsewhere (SQLite) it is an
+    ordinary transaction, committed at the end (its BEGIN IMMEDIATE hook runs either way). Give
+    it one statement only: on PostgreSQL a second would be a transaction of its own.
+    """
     with factory() as session:
         if session.get_bind().dialect.name == "postgresql":
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
+            yield session
+        else:
+            with session.begin():
+                yield session

@@ -15,7 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import repos
-from shared.db import transaction
+from shared.db import dialect_of, single_statement, transaction
 from shared.dispatch import Dispatcher
 from shared.errors import CancelRequested, LeaseLost, NotFound
 from shared.intention import check_drift, describe_phase_change
@@ -86,6 +86,8 @@ class RunExecutor:
     keep_spare: bool = False
 
     def __post_init__(self) -> None:
+        # A delivery's claim is one statement on PostgreSQL (_claim_plain_pg).
+        self._postgresql = dialect_of(self.sessions) == "postgresql"
         self.workspaces = Workspaces(self.settings)
         self.registry = PatternRegistry.default()
         self.doctor = Doctor(self.settings)
@@ -108,9 +110,19 @@ class RunExecutor:
         Embedded mode (wait_for_admission) has no broker to send a waiting run again, so it waits here.
         """
         while True:
+            if self._postgresql:
+                claimed = self._claim_plain_pg(run_id)
+                if claimed is not None:
+                    return claimed
             with transaction(self.sessions) as session:
                 # Most runs have no key and no passed deadline: one statement takes and reads them.
-                taken = leases.acquire_plain(session, run_id, self.owner, self.settings.lease_ttl_s)
+                taken = (
+                    None  # _claim_plain_pg just found it is not such a run
+                    if self._postgresql
+                    else leases.acquire_plain(
+                        session, run_id, self.owner, self.settings.lease_ttl_s
+                    )
+                )
                 plain, registered = taken if taken is not None else (None, None)
                 if plain is not None:
                     admission = Admission(key=None, admitted=True)
@@ -149,6 +161,40 @@ class RunExecutor:
                 return Claim(admission)
             logger.info("run %s is %s", run_id, admission.reason)
             time.sleep(min(2.0, max(0.1, self.settings.heartbeat_interval_s)))
+
+    def _claim_plain_pg(self, run_id: str) -> Claim | None:
+        """The claim of a run with no concurrency key and no passed queue deadline, on PostgreSQL:
+        one statement takes its lease and reads it with its phases (leases.claim_plain_pg), its
+        own transaction. None when it is not such a run, or is held or ended: the caller then
+        takes the general way.
+
+        A takeover (a token above 1) then ends the earlier holder's attempts and reads the phases
+        with their attempts, in a fenced transaction (begin_in); taken over again meanwhile, the
+        delivery is ignored.
+        """
+        with single_statement(self.sessions) as session:
+            taken = leases.claim_plain_pg(
+                session.connection(), run_id, self.owner, self.settings.lease_ttl_s
+            )
+        if taken is None:
+            return None
+        run, registered, phases = taken
+        admission = Admission(key=None, admitted=True)
+        lease = Lease(run_id, self.owner, run.lease_token)
+        lost: list[tuple[str | None, int | None]] = []
+        if lease.token > 1:
+            try:
+                with transaction(self.sessions) as session:
+                    leases.fence(session, lease)
+                    lost = begin_in(session, lease)
+                    run, phases = snapshot_in(session, run_id)
+            except LeaseLost:
+                return Claim(admission)
+        try:
+            source: str | NotFound = repos.source_of(self.settings, run.repo, registered)
+        except NotFound as error:  # unregistered since: the run fails, in _execute_recorded
+            source = error
+        return Claim(admission, lease, lost, run, phases, source)
 
     def _not_started(self, run_id: str, admission: Admission) -> None:
         """Log why a delivery did not start its run and send the runs its key has room for."""

@@ -6,11 +6,11 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Connection, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import LeaseLost
-from shared.models import Run, utcnow
+from shared.models import Phase, Run, utcnow
 from shared.runs.states import RunStatus
 from workers import statements
 
@@ -89,6 +89,39 @@ def acquire_plain(
     values = row._asdict()
     url = values.pop(statements.ACQUIRED_REPO_URL)
     return Run(**values), url
+
+
+def claim_plain_pg(
+    connection: Connection, run_id: str, owner: str, ttl_s: float
+) -> tuple[Run, str | None, list[Phase]] | None:
+    """acquire_plain() with the run's phases, in one statement (PostgreSQL): the run, its
+    repository's registered URL and its phases, all read-only snapshots outside any session.
+
+    The phases come without attempts: the run's first lease has none; a takeover (a token
+    above 1) must read them again, with their attempts, once it has ended the earlier holder's.
+    """
+    now = utcnow()
+    rows = connection.execute(
+        statements.CLAIM_PLAIN_PG,
+        {
+            "p_run_id": run_id,
+            "p_owner": owner,
+            "p_expires": now + timedelta(seconds=ttl_s),
+            "p_now": now,
+        },
+    ).all()
+    if not rows:
+        return None
+    first = rows[0]._mapping
+    run = Run(**{column.name: first[column.name] for column in statements.runs.c})
+    phase_columns = [(c.name, f"{statements.PHASE_PREFIX}{c.name}") for c in statements.phases.c]
+    phases = [
+        Phase(**{name: row._mapping[label] for name, label in phase_columns}, attempts=[])
+        for row in rows
+        if row._mapping[f"{statements.PHASE_PREFIX}pk"] is not None
+    ]
+    url = first[statements.ACQUIRED_REPO_URL]
+    return run, url, phases
 
 
 def renew(session: Session, lease: Lease, ttl_s: float) -> bool:

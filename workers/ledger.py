@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from shared.db import transaction
+from shared.db import dialect_of, single_statement, transaction
 from shared.errors import CancelRequested
 from shared.logs import first_line
 from shared.models import Attempt, Phase, Run, utcnow
@@ -100,7 +100,7 @@ class Ledger:
         # Process-group writes in flight (record_process_soon), joined before any other write.
         self._background = InBackground(f"autopack-ledger-{lease.run_id}")
         # Whether the transactions on a run's path can be single statements (statements.*_PG).
-        self._postgresql = _dialect(sessions) == "postgresql"
+        self._postgresql = dialect_of(sessions) == "postgresql"
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """call(), retried with backoff while the database is unreachable, for up to retry_s.
@@ -232,7 +232,7 @@ class Ledger:
     def start_attempt(self, phase_pk: int, number: int, commands: list[str], host: str) -> int:
         """Insert a running attempt and mark its phase running; returns the attempt id.
 
-        Raises CancelRequested, writing nothing, when the run's cancellation was requested: the
+        Raises CancelRequested, writing no attempt, when the run's cancellation was requested: the
         check and the start are one transaction, so no attempt starts after a cancel request.
         """
         now = utcnow()
@@ -269,9 +269,10 @@ class Ledger:
     def _start_attempt_pg(
         self, phase_pk: int, number: int, commands: list[str], host: str, now: datetime
     ) -> int:
-        """start_attempt's transaction as one statement (statements.START_ATTEMPT_PG)."""
+        """start_attempt's transaction as one statement (statements.START_ATTEMPT_PG), its own
+        transaction. When cancellation was requested it writes only the fence (and the base)."""
         base = self._base
-        with transaction(self.sessions) as session:
+        with single_statement(self.sessions) as session:
             started = statements.start_attempt_pg(
                 session.connection(),
                 self.lease.run_id,
@@ -287,12 +288,13 @@ class Ledger:
             if started is None:
                 raise leases.lease_lost(self.lease)
             self.cancel_requested, inserted = started
-            if self.cancel_requested:  # rolls back the fence's write: nothing is written
-                raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
-            if inserted is None:  # an earlier try committed, and only its reply was lost
-                inserted = self._existing_attempt(session, phase_pk, number)
         if self._base == base:
             self._base = None
+        if self.cancel_requested:  # the phase and its attempt were not written
+            raise CancelRequested(f"run {self.lease.run_id}: cancellation requested")
+        if inserted is None:  # an earlier try committed, and only its reply was lost
+            with single_statement(self.sessions) as session:
+                inserted = self._existing_attempt(session, phase_pk, number)
         return inserted
 
     def _existing_attempt(self, session: Session, phase_pk: int, number: int) -> int:
@@ -460,19 +462,35 @@ class Ledger:
             base=base,
             **ended,
         )
+
+        def finish_with_last_phase(connection: Connection) -> bool:
+            assert last is not None and succeeded is not None
+            return statements.finish_with_last_phase_pg(
+                connection,
+                run_end,
+                succeeded[0],
+                *_attempt_values(succeeded[1], succeeded[2]),
+                phase_pk=last[0],
+                checkpoint=last[1],
+                phase_now=last[2],
+            )
+
+        if (
+            together
+            and status == RunStatus.SUCCEEDED
+            and succeeded is not None
+            and self._open_attempts <= {succeeded[0]}
+        ):
+            # Nothing is left to write once it lands: the statement is the whole transaction.
+            with single_statement(self.sessions) as session:
+                if finish_with_last_phase(session.connection()):
+                    self._ended(base)
+                    return
+            together = False  # it wrote nothing: the general way writes what the end needs
         with transaction(self.sessions) as session:
             connection = session.connection()
             if together:
-                assert last is not None and succeeded is not None
-                finished = statements.finish_with_last_phase_pg(
-                    connection,
-                    run_end,
-                    succeeded[0],
-                    *_attempt_values(succeeded[1], succeeded[2]),
-                    phase_pk=last[0],
-                    checkpoint=last[1],
-                    phase_now=last[2],
-                )
+                finished = finish_with_last_phase(connection)
             else:
                 finished = statements.finish_run(connection, run_end)
             if not finished:
@@ -497,6 +515,10 @@ class Ledger:
                         else PhaseStatus.SKIPPED
                     ),
                 )
+        self._ended(base)
+
+    def _ended(self, base: str | None) -> None:
+        """After the run's end committed (base: the pending base it wrote, if any)."""
         if self._base == base:
             self._base = None
         self._last_phase = self._succeeded = None
@@ -599,8 +621,3 @@ def _attempt_values(
         "size_bytes": outcome.log_size,
     }
     return ended, log
-
-
-def _dialect(sessions: sessionmaker[Session]) -> str:
-    bind = sessions.kw.get("bind")
-    return str(getattr(getattr(bind, "dialect", None), "name", ""))

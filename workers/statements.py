@@ -105,6 +105,17 @@ ACQUIRE_PLAIN = (
     )
 )
 
+# PostgreSQL: ACQUIRE_PLAIN and the run's phases in one statement, the claim as a CTE joined to
+# the phases: a row per phase in order (PHASE_PREFIX on the phase's columns), or one row with them
+# NULL for a run without phases; no row when ACQUIRE_PLAIN takes nothing.
+PHASE_PREFIX = "phase_"
+_CLAIMED = ACQUIRE_PLAIN.cte("claimed")
+CLAIM_PLAIN_PG = (
+    select(_CLAIMED, *(column.label(f"{PHASE_PREFIX}{column.name}") for column in phases.c))
+    .select_from(_CLAIMED.outerjoin(phases, phases.c.run_id == _CLAIMED.c.id))
+    .order_by(phases.c.position)
+)
+
 # --- attempts -------------------------------------------------------------------------------------
 
 START_PHASE = (

@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse
 from api.deps import CallerDep, DispatcherDep, SessionsDep, SettingsDep, SubmitterDep
 from api.dispatch import enqueue_committed
 from api.notify import RunNotifications
-from shared.db import single_read, transaction
+from shared.db import single_statement, transaction
 from shared.errors import InvalidInput, NotFound
 from shared.runs import events, repository, service
 from shared.runs.events import RunEvent
@@ -110,7 +110,7 @@ async def get_run_status(
     """Compact status for pollers; with wait_s, a long poll that answers as soon as the run changes."""
 
     def read() -> RunStatusRead:
-        with single_read(sessions) as session:  # one statement
+        with single_statement(sessions) as session:  # one statement
             return service.read_status(session, run_id)
 
     def settles(status: str) -> bool:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine, make_session_factory, single_read
+from shared.db import make_engine, make_session_factory, single_statement
 from shared.migrations import upgrade
 from shared.settings import Settings
 
 
-def test_single_read_on_postgresql_runs_each_statement_in_its_own_transaction(
+def test_single_statement_on_postgresql_runs_each_statement_in_its_own_transaction(
     engine: Engine, sessions: sessionmaker[Session]
 ) -> None:
-    with single_read(sessions) as session:
+    with single_statement(sessions) as session:
         first = session.execute(text("SELECT now(), txid_current_if_assigned()")).one()
         second = session.execute(text("SELECT now()")).scalar()
     # now() is the start of the current transaction: it moves between two autocommit statements.
@@ -27,12 +28,12 @@ def test_single_read_on_postgresql_runs_each_statement_in_its_own_transaction(
     assert a == b
 
 
-def test_single_read_on_sqlite_leaves_no_lock_behind(tmp_path: Path) -> None:
+def test_single_statement_on_sqlite_leaves_no_lock_behind(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'autopack.db'}")
     upgrade(settings)
     engine = make_engine(settings)
     try:
-        with single_read(make_session_factory(engine)) as session:
+        with single_statement(make_session_factory(engine)) as session:
             assert session.execute(text("SELECT count(*) FROM api_keys")).scalar() == 0
         other = sqlite3.connect(tmp_path / "autopack.db", timeout=1, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # fails with "database is locked" if the read held it
@@ -41,3 +42,22 @@ def test_single_read_on_sqlite_leaves_no_lock_behind(tmp_path: Path) -> None:
         other.close()
     finally:
         engine.dispose()
+
+
+def test_a_write_through_single_statement_is_committed_on_both_databases(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'autopack.db'}")
+    upgrade(settings)
+    sqlite_engine = make_engine(settings)
+    name = f"single-{tmp_path.name}"
+    insert = text("INSERT INTO repositories (name, url, created_at) VALUES (:n, '/x', :t)")
+    count = text("SELECT count(*) FROM repositories WHERE name = :n")
+    try:
+        for factory in (sessions, make_session_factory(sqlite_engine)):
+            with single_statement(factory) as session:
+                session.execute(insert, {"n": name, "t": datetime.now(UTC)})
+            with factory() as session:  # a new session sees it: it was committed
+                assert session.execute(count, {"n": name}).scalar() == 1
+    finally:
+        sqlite_engine.dispose()

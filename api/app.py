@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.dispatch import CeleryDispatcher
+from api.keycache import KeyCache
 from api.middleware import LimitBodyMiddleware, RequestIdMiddleware
 from api.notify import RunNotifications
 from api.routes import admin, dashboard, experiments, health, observability, runs
@@ -32,8 +33,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = make_session_factory(engine)
         app.state.dispatcher = CeleryDispatcher(settings)
         app.state.metrics_registry = observability.make_registry(settings, app.state.sessions)
+        app.state.keys = KeyCache(settings.api_key_cache_s)
         app.state.notifications = RunNotifications(
-            settings.effective_database_url, fallback_poll_s=settings.long_poll_recheck_s
+            settings.effective_database_url,
+            fallback_poll_s=settings.long_poll_recheck_s,
+            keys=app.state.keys,
         )
         await app.state.notifications.start()
         yield

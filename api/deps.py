@@ -1,7 +1,7 @@
 """Dependencies of the routes: settings, sessions, dispatcher, the authenticated caller.
 
-Those that never block are `async def`: FastAPI runs a plain `def` dependency on its thread
-pool, a hop per dependency per request. Only the key check, which reads the database, is sync.
+All are `async def`: FastAPI runs a plain `def` dependency on its thread pool, a hop per
+dependency per request. The key check hops there only to read a key it does not remember.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import CeleryDispatcher
+from api.keycache import KeyCache
 from shared import auth
 from shared.db import single_statement
 from shared.settings import Settings
@@ -41,16 +43,38 @@ SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 DispatcherDep = Annotated[CeleryDispatcher, Depends(get_dispatcher)]
 
 
-def require_key(
+async def get_keys(request: Request) -> KeyCache:
+    """The keys this process verified and may remember (api/keycache.py)."""
+    keys: KeyCache = request.app.state.keys
+    return keys
+
+
+KeysDep = Annotated[KeyCache, Depends(get_keys)]
+
+
+async def require_key(
     sessions: SessionsDep,
     settings: SettingsDep,
+    keys: KeysDep,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> auth.Caller:
-    """The caller behind the API key; 401 otherwise."""
+    """The caller behind the API key; 401 otherwise. A key this process remembers needs no read."""
     presented = x_api_key
     if not presented and authorization and authorization.lower().startswith("bearer "):
         presented = authorization[7:].strip()
+    remembered = keys.get(presented)
+    if remembered is not None:
+        return remembered
+    generation = keys.generation
+    caller = await run_in_threadpool(_verify, sessions, settings, presented)
+    keys.remember(presented, caller, generation)
+    return caller
+
+
+def _verify(
+    sessions: sessionmaker[Session], settings: Settings, presented: str | None
+) -> auth.Caller:
     with single_statement(sessions) as session:
         return auth.verify(session, settings, presented)
 

@@ -4,6 +4,10 @@ The `autopack_runs` channel is fed by a trigger on `runs.status` (migrations 001
 every writer is covered. Its payload is "<run id> <new status>". One connection per API process
 listens; requests wait on an asyncio.Event per run, set only when the new status answers them
 (a run starting does not wake a request waiting for its end).
+
+The same connection listens on `autopack_api_keys` (migration 0014) for the key cache
+(api/keycache.py): it is told of every change to the keys, and of the connection's state.
+
 When notifications are unavailable (SQLite, or the listening connection is down) waiters simply
 re-read the run every `fallback_poll_s`, so a lost notification delays an answer, never loses it.
 """
@@ -17,9 +21,14 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 
+from api.keycache import KeyCache
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "autopack_runs"
+KEYS_CHANNEL = "autopack_api_keys"
+# The listening connection's application_name (pg_stat_activity).
+LISTENER_NAME = "autopack-api-listener"
 
 # Whether a run's new status answers a waiter; every status does when none is given.
 Settles = Callable[[str], bool]
@@ -34,10 +43,13 @@ def libpq_url(sqlalchemy_url: str) -> str | None:
 
 
 class RunNotifications:
-    """Per-run wake-ups for the requests of this process."""
+    """Per-run wake-ups for the requests of this process (and what its key cache hears)."""
 
-    def __init__(self, database_url: str, *, fallback_poll_s: float = 1.0) -> None:
+    def __init__(
+        self, database_url: str, *, fallback_poll_s: float = 1.0, keys: KeyCache | None = None
+    ) -> None:
         self.url = libpq_url(database_url)
+        self.keys = keys
         self.listening = False
         self._waiters: dict[str, dict[asyncio.Event, Settles | None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -90,6 +102,11 @@ class RunNotifications:
             if status is None or settles is None or settles(status):
                 event.set()
 
+    def _listening(self, live: bool) -> None:
+        self.listening = live
+        if self.keys is not None:
+            self.keys.listening(live)
+
     def _wake_all(self) -> None:
         for run_id in list(self._waiters):
             self._wake(run_id)
@@ -100,21 +117,35 @@ class RunNotifications:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=10
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=10,
+                    application_name=LISTENER_NAME,
+                    # A connection that died silently is noticed in about 10 s, not hours.
+                    keepalives=1,
+                    keepalives_idle=5,
+                    keepalives_interval=2,
+                    keepalives_count=3,
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening, delay = True, 0.5
+                    await conn.execute(f"LISTEN {KEYS_CHANNEL}")
+                    self._listening(True)
+                    delay = 0.5
                     # Changes made while we were not listening are caught by one re-read.
                     self._wake_all()
                     async for notify in conn.notifies():
-                        self._notified(notify.payload)
+                        if notify.channel == KEYS_CHANNEL:
+                            if self.keys is not None:
+                                self.keys.forget()
+                        else:
+                            self._notified(notify.payload)
             except asyncio.CancelledError:
-                self.listening = False
+                self._listening(False)
                 raise
             except Exception as error:
                 if self.listening:
                     logger.warning("run notifications lost (%s); waiters poll until back", error)
-                self.listening = False
+                self._listening(False)
                 self._wake_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

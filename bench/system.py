@@ -966,7 +966,7 @@ API_FRAMES = (
     ("FastAPI app, all requests (ASGI stack)", "FastAPI.__call__", "fastapi/applications.py"),
     ("threadpool: sync endpoint threads", "WorkerThread.run", "anyio/_backends/_asyncio.py"),
     ("`submit_run` handler", "submit_run", "api/routes/runs.py"),
-    ("- `require_key` (API key SELECT, own session)", "require_key", "api/deps.py"),
+    ("- key check (SELECT, own session; a remembered key needs none)", "_verify", "api/deps.py"),
     ("- `service.submit` (INSERT run + phase, SAVEPOINT)", "submit", "shared/runs/service.py"),
     ("  - `repos.resolve` (repository SELECT)", "resolve", "shared/repos.py"),
     ("  - `Session.flush` (the INSERTs)", "Session.flush", "sqlalchemy/orm/session.py"),

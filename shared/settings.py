@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     api_db_pool_size: int = Field(default=20, ge=1, le=200)
     # How often a long poll (GET /runs/{id}/status?wait_s=) re-reads a run nothing woke it for.
     long_poll_recheck_s: float = Field(default=1.0, gt=0, le=60)
+    # How long an API process may remember a key it verified, while it hears of every change to
+    # the keys (PostgreSQL; api/keycache.py). Any change forgets them all. 0: read every time.
+    api_key_cache_s: float = Field(default=10.0, ge=0, le=300)
 
     lease_ttl_s: float = 60.0
     heartbeat_interval_s: float = 10.0

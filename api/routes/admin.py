@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AdminDep, SessionsDep, SettingsDep
+from api.deps import AdminDep, KeysDep, SessionsDep, SettingsDep
 from shared import auth, repos
 from shared.db import transaction
 
@@ -104,9 +105,18 @@ def create_key(body: KeyCreate, sessions: SessionsDep, _admin: AdminDep) -> KeyC
 
 
 @router.delete("/keys/{key_id}", response_model=KeyRead)
-def revoke_key(
-    key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], sessions: SessionsDep, _admin: AdminDep
+async def revoke_key(
+    key_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    sessions: SessionsDep,
+    keys: KeysDep,
+    _admin: AdminDep,
 ) -> KeyRead:
-    """Revoke a key; it stops working at once."""
-    with transaction(sessions) as session:
-        return KeyRead.model_validate(auth.revoke(session, key_id))
+    """Revoke a key; it stops working at once (other API processes hear of it within moments)."""
+
+    def revoke() -> KeyRead:
+        with transaction(sessions) as session:
+            return KeyRead.model_validate(auth.revoke(session, key_id))
+
+    revoked = await run_in_threadpool(revoke)
+    keys.forget()  # on the event loop, like every use of the cache
+    return revoked

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import CallerDep, SessionsDep, SettingsDep, require_key
+from api.deps import CallerDep, KeysDep, SessionsDep, SettingsDep, require_key
 from shared import workers_registry
 from shared.broker import queue_depths
 from shared.metrics.prometheus import AutopackCollector
@@ -19,12 +19,15 @@ from shared.workers_registry import WorkerRead
 router = APIRouter(tags=["operations"])
 
 
-def _metrics_guard(request: Request, settings: SettingsDep, sessions: SessionsDep) -> None:
+async def _metrics_guard(
+    request: Request, settings: SettingsDep, sessions: SessionsDep, keys: KeysDep
+) -> None:
     """Ask for a key only when AUTOPACK_METRICS_REQUIRE_KEY is set."""
     if settings.metrics_require_key:
-        require_key(
+        await require_key(
             sessions,
             settings,
+            keys,
             request.headers.get("x-api-key"),
             request.headers.get("authorization"),
         )

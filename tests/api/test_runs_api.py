@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import auth
 from shared.db import transaction
 from shared.models import Run
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,10 +104,17 @@ def test_created_key_works_as_bearer_and_revoked_key_does_not(
     assert (
         httpx.get(f"{api_url}/runs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     )
-    with transaction(sessions) as session:
+    with transaction(sessions) as session:  # revoked elsewhere, as `autopack keys revoke` does
         auth.revoke(session, row.id)
-    assert (
-        httpx.get(f"{api_url}/runs", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    # The API hears of it within moments (api/keycache.py), well before a remembered key expires.
+    wait_until(
+        lambda: (
+            httpx.get(f"{api_url}/runs", headers={"Authorization": f"Bearer {key}"}).status_code
+            == 401
+        ),
+        timeout=5,
+        interval=0.02,
+        what="the revoked key to be refused",
     )
 
 

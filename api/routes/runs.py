@@ -42,11 +42,13 @@ def submit_run(
     _caller: SubmitterDep,
 ) -> RunRead:
     """Store a run and enqueue it; resubmitting the same run_id and spec returns the stored run (200)."""
-    with transaction(sessions) as session:
-        submitted = service.submit(session, settings, spec)
-        if not submitted.created:  # the stored run, read in its session
-            response.status_code = 200
-            return service.run_read(submitted.run)
+    submitted = service.submit_in_one_statement(sessions, settings, spec)
+    if submitted is None:  # a client-chosen run id, or SQLite
+        with transaction(sessions) as session:
+            submitted = service.submit(session, settings, spec)
+            if not submitted.created:  # the stored run, read in its session
+                response.status_code = 200
+                return service.run_read(submitted.run)
     if submitted.needs_enqueue:  # first: the reply is not on the run's way to a worker
         enqueue_committed(sessions, dispatcher, submitted.run.id)
     # The run as stored: built from the objects just inserted (their phases known, attempts

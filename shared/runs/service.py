@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Table, insert, update
+from sqlalchemy import JSON, Table, TextClause, bindparam, insert, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 
 from shared import repos
+from shared.db import dialect_of, single_statement
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.intention import IntentionAnchor, render_intention_context
 from shared.models import Phase, Run, utcnow
@@ -53,6 +54,55 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
         repos.resolve(session, settings, spec.repo)
     except NotFound as error:
         raise InvalidInput(str(error), field="repo") from error
+    run = _new_run(settings, spec, spec_hash)
+    if spec.run_id is None:  # a fresh random id: nobody else can be inserting it
+        _insert(session, run)
+        return Submitted(run=run, created=True)
+    nested = session.begin_nested()
+    try:
+        _insert(session, run)
+    except IntegrityError:
+        # Another client submitted the same run_id between our read and our insert.
+        nested.rollback()
+        existing = session.get(Run, run.id, populate_existing=True)
+        if existing is None:
+            raise
+        return _same_or_conflict(existing, spec_hash)
+    nested.commit()
+    return Submitted(run=run, created=True)
+
+
+def submit_in_one_statement(
+    sessions: sessionmaker[Session], settings: Settings, spec: RunCreate
+) -> Submitted | None:
+    """submit() as one statement, its own transaction (SUBMIT_PG), for a run whose id the server
+    chooses, on PostgreSQL; None (nothing done) otherwise: the caller then uses submit().
+
+    The statement inserts the run and its phases only when the repository is registered (or
+    configured in settings), so an unregistered one stores nothing and is a 422 on `repo`.
+    """
+    if spec.run_id is not None or dialect_of(sessions) != "postgresql":
+        return None
+    run = _new_run(settings, spec, spec.spec_hash())
+    params = {f"r_{column.key}": getattr(run, column.key) for column in _RUNS.columns}
+    params["p_check_repo"] = spec.repo not in settings.repos
+    params["p_phases"] = [
+        {name: getattr(phase, name) for name in _SUBMITTED_PHASE_COLUMNS} for phase in run.phases
+    ]
+    with single_statement(sessions) as session:
+        rows = session.connection().execute(SUBMIT_PG, params).all()
+    if not rows:
+        raise InvalidInput(f"repository {spec.repo!r} is not registered", field="repo")
+    pks = {position: pk for _run_id, pk, position in rows if pk is not None}
+    for phase in run.phases:
+        phase.pk, phase.run_id = pks[phase.position], run.id
+    for instance in (run, *run.phases):
+        make_transient_to_detached(instance)
+    return Submitted(run=run, created=True)
+
+
+def _new_run(settings: Settings, spec: RunCreate, spec_hash: str) -> Run:
+    """The run a submission stores, with its phases, every column set (nothing left to load)."""
     now = utcnow()
     run = Run(
         **_UNSET_RUN_COLUMNS,
@@ -91,21 +141,7 @@ def submit(session: Session, settings: Settings, spec: RunCreate) -> Submitted:
         )
         for position, phase in enumerate(spec.phases)
     ]
-    if spec.run_id is None:  # a fresh random id: nobody else can be inserting it
-        _insert(session, run)
-        return Submitted(run=run, created=True)
-    nested = session.begin_nested()
-    try:
-        _insert(session, run)
-    except IntegrityError:
-        # Another client submitted the same run_id between our read and our insert.
-        nested.rollback()
-        existing = session.get(Run, run.id, populate_existing=True)
-        if existing is None:
-            raise
-        return _same_or_conflict(existing, spec_hash)
-    nested.commit()
-    return Submitted(run=run, created=True)
+    return run
 
 
 _RUNS = cast(Table, Run.__table__)
@@ -139,6 +175,43 @@ _UNSET_PHASE_COLUMNS = dict.fromkeys(
 )
 _INSERT_RUN = insert(_RUNS)
 _INSERT_PHASES = insert(_PHASES).returning(_PHASES.c.pk, sort_by_parameter_order=True)
+
+# PostgreSQL: a submission in one statement (submit_in_one_statement). The run is inserted only
+# when its repository is registered (or p_check_repo is false: configured in settings), its phases
+# from a JSON array of rows; a row per phase (run id, pk, position), one with a NULL pk for a run
+# without phases, none when the repository is not registered. Column names come from the tables.
+_SUBMITTED_PHASE_COLUMNS = {
+    "position": "integer",
+    "phase_id": "text",
+    "name": "text",
+    "kind": "text",
+    "spec": "json",
+    "max_attempts": "integer",
+    "timeout_s": "integer",
+    "status": "text",
+    "attempts_count": "integer",
+}
+SUBMIT_PG: TextClause = text(
+    f"""
+    WITH run AS (
+        INSERT INTO runs ({", ".join(c.name for c in _RUNS.columns)})
+        SELECT {", ".join(f":r_{c.key}" for c in _RUNS.columns)}
+        WHERE NOT :p_check_repo OR EXISTS (SELECT 1 FROM repositories WHERE name = :r_repo)
+        RETURNING id
+    ), phase AS (
+        INSERT INTO phases (run_id, {", ".join(_SUBMITTED_PHASE_COLUMNS)})
+        SELECT run.id, {", ".join(f"p.{name}" for name in _SUBMITTED_PHASE_COLUMNS)}
+        FROM run, json_to_recordset(CAST(:p_phases AS json)) AS p(
+            {", ".join(f"{name} {kind}" for name, kind in _SUBMITTED_PHASE_COLUMNS.items())}
+        )
+        RETURNING pk, position
+    )
+    SELECT run.id, phase.pk, phase.position FROM run LEFT JOIN phase ON true
+    """  # noqa: S608 - names from the tables and the dict above, never input
+).bindparams(
+    *(bindparam(f"r_{column.key}", type_=column.type) for column in _RUNS.columns),
+    bindparam("p_phases", type_=JSON),
+)
 
 
 def _insert(session: Session, run: Run) -> None:

@@ -250,6 +250,7 @@ class Workspaces:
                 )
                 shutil.rmtree(path, ignore_errors=True)
                 git(["worktree", "prune"], git_dir=mirror, check=False)
+                _remove_stale_branch_lock(mirror, run_branch(run_id))
                 git(add, git_dir=mirror)
         return path
 
@@ -504,6 +505,26 @@ def _branch_clean_spare(mirror: Path, admin: Path, branch: str, commit: str) -> 
     except OSError:
         return False
     return True
+
+
+# A ref's lock file is held for the milliseconds of one ref update; one older than this was left
+# by a process killed while writing the ref.
+STALE_REF_LOCK_S = 1.0
+
+
+def _remove_stale_branch_lock(mirror: Path, branch: str) -> None:
+    """Remove the run branch's lock file when it is stale (git's own, or `_write_locked`'s): git
+    refuses the branch while it exists. Called when checking out has failed, with the mirror's
+    lock held by the run's lease holder, the only writer of its branch; a fresh lock (another
+    writer, a fenced-out worker still running) is left alone, and the checkout fails."""
+    lock = mirror / "refs" / "heads" / f"{branch}.lock"
+    try:
+        if time.time() - lock.stat().st_mtime < STALE_REF_LOCK_S:
+            return
+        lock.unlink()
+    except FileNotFoundError:
+        return
+    logger.warning("removed %s, left by a process killed while writing the branch", lock)
 
 
 def _write_locked(path: Path, content: str, *, exclusive: bool) -> bool:

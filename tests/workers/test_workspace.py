@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -100,6 +101,22 @@ def test_checkout_after_worktree_deleted_behind_gits_back(
     shutil.rmtree(path)
     path = spaces.checkout("r", "run", commit)
     assert (path / "a.txt").read_text() == "1\n"
+
+
+def test_checkout_recovers_from_a_branch_lock_left_by_a_killed_process(
+    spaces: Workspaces, make_repo: Callable[..., Path]
+) -> None:
+    """A worker killed while writing a run's branch leaves `<ref>.lock`: the resumed run's checkout
+    must not fail on it (it did, once, in the kill -9 storm)."""
+    origin = make_repo({"a.txt": "1\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    lock = spaces.mirror_path("r") / "refs" / "heads" / "autopack" / "run" / "killed.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{commit}\n")
+    os.utime(lock, (time.time() - 60, time.time() - 60))  # left a minute ago
+    path = spaces.checkout("r", "killed", commit)
+    assert (path / "a.txt").read_text() == "1\n" and not lock.exists()
 
 
 def test_checkpoint_without_changes_makes_no_commit_but_keeps_the_phases_own_commit(

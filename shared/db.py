@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
@@ -47,11 +49,49 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     if url.startswith("postgresql") and "connect_timeout" not in url:
         # A connect to an unreachable server fails in bounded time, so write retries keep to budget.
         kwargs.setdefault("connect_args", {"connect_timeout": 10})
-    # Stale pooled connections (after a database restart or outage) are replaced on checkout.
-    kwargs.setdefault("pool_pre_ping", True)
+    # Stale pooled connections (after a database restart or outage) are replaced on checkout: on
+    # PostgreSQL those idle for a while are pinged (ping_when_idle), elsewhere every one.
+    postgresql = url.startswith("postgresql") and "pool_pre_ping" not in kwargs
+    kwargs.setdefault("pool_pre_ping", not postgresql)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if postgresql:
+        ping_when_idle(engine, settings.db_ping_idle_s)
+    return engine
+
+
+_USED_AT = "autopack_used_at"
+
+
+def ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection on checkout only when it was last used more than idle_s ago.
+
+    `pool_pre_ping` pings on every checkout: a round trip before every transaction, and a run
+    makes several on its path. A connection returned to the pool moments ago is all but certainly
+    alive; one that died meanwhile (the server restarted in that instant) fails its statement,
+    SQLAlchemy then replaces every pooled connection, and the worker's writes retry
+    (workers/ledger.py). A dead connection found by the ping is replaced before use, as with
+    `pool_pre_ping`. idle_s = 0 pings every checkout.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connected(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_USED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_USED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used_at = record.info.get(_USED_AT)
+        if used_at is not None and time.monotonic() - used_at < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # the pool drops it and checks out another (up to 3 tries)
+            raise DisconnectionError(f"pooled connection is gone: {error}") from error
 
 
 def dialect_of(factory: sessionmaker[Session]) -> str:

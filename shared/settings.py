@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # Database connections the API keeps open: sized to the request thread pool (40) so a burst
     # never opens and closes overflow connections per request.
     api_db_pool_size: int = Field(default=20, ge=1, le=200)
+    # A pooled PostgreSQL connection idle longer than this is pinged before use (0: always).
+    db_ping_idle_s: float = Field(default=1.0, ge=0, le=3600)
     # How often a long poll (GET /runs/{id}/status?wait_s=) re-reads a run nothing woke it for.
     long_poll_recheck_s: float = Field(default=1.0, gt=0, le=60)
     # How long an API process may remember a key it verified, while it hears of every change to

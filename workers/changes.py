@@ -21,11 +21,40 @@ class ChangedPath:
         return self.status == "?"
 
 
+@dataclass(frozen=True)
+class TreeStatus:
+    """A worktree against its HEAD: what changed, and whether any ignored file is there too."""
+
+    changes: list[ChangedPath]
+    ignored: bool
+
+    @property
+    def pristine(self) -> bool:
+        """Nothing changed, nothing untracked or ignored: the files are exactly HEAD's (but for
+        empty folders, which git never reports)."""
+        return not self.changes and not self.ignored
+
+
 def changed_paths(worktree: Path) -> list[ChangedPath]:
     """Every path the worktree changed against HEAD, untracked files included (ignored ones not)."""
     raw = git(["status", "--porcelain=v1", "-z", "--untracked-files=all"], cwd=worktree)
+    return _parse_status(raw).changes
+
+
+def tree_status(worktree: Path) -> TreeStatus:
+    """changed_paths, and whether ignored files are present, from one `git status`; an ignored
+    folder is reported as one entry, without listing what it holds."""
+    raw = git(
+        ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching"],
+        cwd=worktree,
+    )
+    return _parse_status(raw)
+
+
+def _parse_status(raw: str) -> TreeStatus:
     entries = raw.split("\0")
     changes: list[ChangedPath] = []
+    ignored = False
     i = 0
     while i < len(entries):
         entry = entries[i]
@@ -33,6 +62,9 @@ def changed_paths(worktree: Path) -> list[ChangedPath]:
         if len(entry) < 4:
             continue
         code, path = entry[:2], entry[3:]
+        if code == "!!":
+            ignored = True
+            continue
         if "R" in code or "C" in code:
             changes.append(ChangedPath("R", path))
             if i < len(entries) and entries[i]:
@@ -41,7 +73,7 @@ def changed_paths(worktree: Path) -> list[ChangedPath]:
             continue
         letter = "?" if code == "??" else next((c for c in code if c != " "), "M")
         changes.append(ChangedPath(letter, path))
-    return changes
+    return TreeStatus(changes, ignored)
 
 
 def revert_paths(worktree: Path, paths: list[str]) -> list[str]:

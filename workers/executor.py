@@ -37,7 +37,7 @@ from workers.attempts import (
     safe_cwd,
     with_overrides,
 )
-from workers.changes import ChangedPath, changed_paths
+from workers.changes import ChangedPath, changed_paths, tree_status
 from workers.disk import DiskLimit, effective_limit_mb
 from workers.doctor.doctor import Doctor
 from workers.gitcmd import GitError
@@ -281,6 +281,9 @@ class RunExecutor:
             run, phases = ledger.load_run()
         status = RunStatus.SUCCEEDED
         reason: str | None = None
+        # The last phase run left the files exactly at HEAD (its status said so): then the
+        # worktree becomes the next run's spare without a checkout.
+        pristine = False
         for phase in phases:
             if phase.status in (PhaseStatus.SUCCEEDED, PhaseStatus.SKIPPED):
                 continue
@@ -298,7 +301,9 @@ class RunExecutor:
             except CancelRequested:  # seen when an attempt was about to start
                 status, reason = self._cancel_phase(ledger, phase)
                 break
-            changes = changed_paths(worktree) if phase_reason is None else []
+            tree = tree_status(worktree) if phase_reason is None else None
+            changes = tree.changes if tree is not None else []
+            pristine = tree is not None and tree.pristine
             if phase_reason is None:
                 phase_reason = self._check_drift(ledger, run, phase, worktree, changes)
             if phase_reason is None:
@@ -338,7 +343,8 @@ class RunExecutor:
             or not self.settings.keep_failed_worktrees
         ):
             if self.keep_spare:
-                spare_kept = self._recycle(run, base)
+                pristine_at = head if pristine and status == RunStatus.SUCCEEDED else None
+                spare_kept = self._recycle(run, base, pristine_at)
             else:
                 self.workspaces.remove(run.repo, run.id)
         if self.keep_spare and not spare_kept:
@@ -353,11 +359,14 @@ class RunExecutor:
         except GitError:
             return base
 
-    def _recycle(self, run: Run, base: str) -> bool:
+    def _recycle(self, run: Run, base: str, pristine_at: str | None = None) -> bool:
         """Keep the run's worktree as its repository's spare, or remove it (never fails the run);
-        whether it became the spare."""
+        whether it became the spare. pristine_at: the commit whose files the worktree holds
+        exactly, when a status after the last change said so."""
         try:
-            return self.workspaces.recycle(run.repo, run.id, self._next_commit(run, base))
+            return self.workspaces.recycle(
+                run.repo, run.id, self._next_commit(run, base), pristine_at=pristine_at
+            )
         except Exception as error:
             logger.warning("could not tidy up the worktree of run %s: %s", run.id, error)
             return False

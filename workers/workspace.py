@@ -273,7 +273,9 @@ class Workspaces:
                 self._remove_locked(mirror, spare)
                 raise
 
-    def recycle(self, repo: str, run_id: str, commit: str | None = None) -> bool:
+    def recycle(
+        self, repo: str, run_id: str, commit: str | None = None, *, pristine_at: str | None = None
+    ) -> bool:
         """Keep a finished run's worktree as the repository's spare, instead of removing it.
 
         The worktree is detached at commit (the commit its repository's next run most likely
@@ -283,6 +285,12 @@ class Workspaces:
         spare writes every file twice, and it leaves the spare clean, so the next run of that
         commit takes it without starting git (see `_adopt_spare`). When a spare exists already,
         or anything fails, the worktree is removed. Returns whether it became the spare.
+
+        pristine_at is the caller's word that the worktree's files are exactly that commit's,
+        nothing untracked or ignored among them (a `git status --ignored` after the run's last
+        change said so). When it is commit and HEAD is there too, HEAD is only detached, without
+        starting git: a run that changed nothing is tidied up at once, so a run sent right
+        after it does not wait for the two commands.
         """
         mirror = self.mirror_path(repo)
         path = self.worktree_path(run_id)
@@ -292,10 +300,11 @@ class Workspaces:
                 return False
             if not spare.exists():
                 try:
-                    _worktree_admin(mirror, path)  # git runs in it only if it is ours
+                    admin = _worktree_admin(mirror, path)  # git runs in it only if it is ours
                     target = commit or self.head(path)
-                    git(["checkout", "-q", "-f", "--detach", target], cwd=path)
-                    git(["clean", "-q", "-ffdx"], cwd=path)
+                    if pristine_at != target or not _detach_at(path, admin, target):
+                        git(["checkout", "-q", "-f", "--detach", target], cwd=path)
+                        git(["clean", "-q", "-ffdx"], cwd=path)
                     spare.parent.mkdir(parents=True, exist_ok=True)
                     _move_worktree(mirror, path, spare)
                     return True
@@ -505,6 +514,35 @@ def _branch_clean_spare(mirror: Path, admin: Path, branch: str, commit: str) -> 
     except OSError:
         return False
     return True
+
+
+def _detach_at(path: Path, admin: Path, commit: str) -> bool:
+    """Detach the worktree at path (its record in the mirror: admin) whose HEAD is at commit, as
+    `git checkout --detach` would, without starting git: the HEAD file becomes the commit's id,
+    written through `HEAD.lock`. False (nothing changed) when HEAD is not plainly at commit or
+    its lock is held, or when a folder holds no file (`git clean -d` would remove it; an
+    uninitialised submodule is one too): git must do it."""
+    if not _FULL_SHA.match(commit) or read_worktree_head(path) != commit:
+        return False
+    try:
+        if _has_empty_folder(path):
+            return False
+        return _write_locked(admin / "HEAD", f"{commit}\n", exclusive=False)
+    except OSError:
+        return False
+
+
+def _has_empty_folder(root: Path) -> bool:
+    """Whether a folder under root holds no file at any depth; `git status` never reports one.
+    Raises OSError when a folder cannot be read."""
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    # A folder without files at any depth has such a folder at its bottom: no entries at all.
+    return any(
+        not dirnames and not filenames for _, dirnames, filenames in os.walk(root, onerror=fail)
+    )
 
 
 # A ref's lock file is held for the milliseconds of one ref update; one older than this was left

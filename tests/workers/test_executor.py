@@ -357,3 +357,41 @@ def test_a_worker_prepares_a_spare_checkout_and_the_next_run_uses_it(
     run = detail(sessions, second)
     assert "clean" in (run.phases[0].attempts[0].output_tail or "")
     assert run.result_commit == run.base_commit
+
+
+def test_a_run_that_changed_nothing_is_tidied_up_without_git_and_any_other_is_cleaned(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    submit: Submit,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workers.workspace as module
+
+    started: list[str] = []
+    real_git = module.git
+
+    def recorded(args: list[str], **kwargs: Any) -> str:
+        started.append(args[0])
+        return real_git(args, **kwargs)
+
+    monkeypatch.setattr(module, "git", recorded)
+    executor = RunExecutor(settings, sessions, "test-worker", keep_spare=True)
+    leftovers = {
+        "nothing": "true",
+        "ignored": "mkdir __pycache__ && touch __pycache__/m.pyc",  # a default checkpoint exclude
+        "empty folder": "mkdir -p empty/deeper",  # git status never shows it
+        "none left": "test ! -e __pycache__ && test ! -e empty && echo tidy",
+    }
+    tidied_by_git = {}
+    for name, command in leftovers.items():
+        run_id = submit([{"id": "p", "run": command}])
+        started.clear()
+        assert executor.execute(run_id) == "succeeded", name
+        tidied_by_git[name] = "clean" in started
+    assert tidied_by_git == {
+        "nothing": False,
+        "ignored": True,
+        "empty folder": True,
+        "none left": False,
+    }
+    assert "tidy" in (detail(sessions, run_id).phases[0].attempts[0].output_tail or "")

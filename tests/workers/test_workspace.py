@@ -12,6 +12,7 @@ import pytest
 
 from shared.constants import run_branch
 from shared.settings import Settings
+from workers.changes import tree_status
 from workers.gitcmd import GitError, read_loose_ref, read_worktree_head
 from workers.gitcmd import git as run_git
 from workers.phases import build_env
@@ -472,6 +473,53 @@ def test_a_clean_spare_at_the_runs_commit_takes_the_runs_branch_without_git(
     assert git(again, "status", "--porcelain", "--ignored") == ""
     assert git(again, "symbolic-ref", "HEAD").strip() == f"refs/heads/{run_branch('run-2')}"
     assert git(mirror, "rev-parse", f"refs/heads/{branch}").strip() == head  # run-1's, kept
+
+
+def test_a_worktree_left_as_checked_out_becomes_the_spare_without_git(
+    spaces: Workspaces,
+    make_repo: Callable[..., Path],
+    git: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    origin = make_repo({"a.txt": "1\n", ".gitignore": "build/\n", "sub/b.txt": "2\n"})
+    spaces.sync_mirror("r", str(origin))
+    commit = spaces.resolve_ref("r", "main")
+    mirror = spaces.mirror_path("r")
+    spare = spaces.spare_path("r")
+    path = spaces.checkout("r", "run-1", commit)
+    assert tree_status(path).pristine
+    calls = _git_calls(monkeypatch)
+    assert spaces.recycle("r", "run-1", commit, pristine_at=commit)
+    assert calls == []
+    # git sees what `git checkout --detach` leaves, and the next run takes it without git too.
+    listed = git(mirror, "worktree", "list", "--porcelain")
+    assert f"worktree {spare}\nHEAD {commit}\ndetached\n" in listed
+    assert not list(mirror.rglob("*.lock"))
+    again = spaces.checkout("r", "run-2", commit)
+    assert calls == []
+    assert git(again, "status", "--porcelain", "--ignored") == ""
+    # An ignored file makes it not pristine; an empty folder git does not see, the recycle does.
+    (again / "build").mkdir()
+    (again / "build" / "out.o").write_text("ignored\n")
+    status = tree_status(again)
+    assert status.ignored and status.changes == [] and not status.pristine
+    (again / "build" / "out.o").unlink()
+    (again / "build").rmdir()
+    (again / "sub" / "empty" / "deeper").mkdir(parents=True)
+    assert tree_status(again).pristine
+    assert spaces.recycle("r", "run-2", commit, pristine_at=commit)
+    assert [c[0] for c in calls] == ["checkout", "clean"]
+    assert not (spare / "sub" / "empty").exists() and (spare / "sub" / "b.txt").exists()
+    # Pristine at another commit than the spare's (the run's checkpoint): git switches it.
+    path = spaces.checkout("r", "run-3", commit)
+    (path / "c.txt").write_text("3\n")
+    checkpoint = spaces.commit_checkpoint(path, "phase one")
+    assert tree_status(path).pristine
+    calls.clear()
+    assert spaces.recycle("r", "run-3", commit, pristine_at=checkpoint)
+    assert [c[0] for c in calls] == ["checkout", "clean"]
+    assert not (spare / "c.txt").exists() and spaces.head(spare) == commit
+    assert git(spare, "status", "--porcelain", "--ignored") == ""
 
 
 def test_a_spare_is_switched_by_git_when_the_branch_exists_or_the_commit_differs(

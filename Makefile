@@ -31,7 +31,11 @@ test: install services
 # Every benchmark (about 4-6 minutes): the system benchmark (BENCH_ARGS=--quick to shorten it), which
 # prints its table and rewrites the generated block of bench/results-system.md, then the dashboard
 # benchmark on 1,000,000 metric rows, which prints its table.
-bench: install services
+$(VENV)/.bench-extra: $(BIN)/autopack
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-extra services
 	$(BIN)/python -m bench.system --write-results $(BENCH_ARGS)
 	$(BIN)/python -m bench.dashboard
 

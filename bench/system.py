@@ -997,7 +997,9 @@ def profile_api(ctx: Ctx, request: Request, seconds: float = 5.0) -> dict[str, A
     """py-spy (GIL holders only) on the API during an extra POST /runs load; None without py-spy."""
     spy = _py_spy()
     if spy is None or ctx.api is None:
-        log("py-spy not found: API profile skipped")
+        log(
+            "py-spy not found (make bench installs it: pip install -e '.[bench]'): API profile skipped"
+        )
         return None
     out = ctx.tmp / "api-post.pyspy"
     argv = [spy, "record", "--pid", str(ctx.api.pid), "--duration", str(int(seconds))]

@@ -13,6 +13,10 @@ medians of A, B and the floor (the same Celery no-op + `git worktree add` + `tru
 remove` as `bench.system`), both ratios to the floor, and B/A as the median of per-pair ratios.
 Alternating runs make every run follow another stack's run, as an idle worker would: ratios to the
 floor come out higher than `bench.system`'s back-to-back figure. Compare B with A, not across tools.
+
+Work a stack does after a run's end (tidying up its worktree) is on the next run's path only when
+runs come back to back; alternated, it overlaps the other stack's run and is charged to that one.
+Measure such a change with `--block 10` (nine runs in ten follow their own stack's run).
 """
 
 from __future__ import annotations

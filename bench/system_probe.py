@@ -103,7 +103,7 @@ def install() -> None:
     _wrap(executor, "redact_file", "redact log")
     _wrap(RunExecutor, "_outcome", "attempt outcome")
     _wrap(Ledger, "finish_attempt", "ledger.finish_attempt")
-    _wrap(executor, "changed_paths", "changed paths (git status)")
+    _wrap(executor, "tree_status", "changed paths (git status)")
     _wrap(RunExecutor, "_check_drift", "drift check")
     _wrap(Workspaces, "commit_checkpoint", "checkpoint commit")
     _wrap(Ledger, "phase_succeeded", "ledger.phase_succeeded")

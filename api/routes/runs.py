@@ -83,8 +83,8 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunRead)
 def get_run(run_id: str, sessions: SessionsDep, _caller: CallerDep) -> RunRead:
     """A run with its phases and attempts."""
-    with sessions() as session:
-        return service.run_read(repository.get_run_detail(session, run_id))
+    with single_statement(sessions) as session:
+        return service.run_read(repository.read_run_detail(session, run_id))
 
 
 MAX_WAIT_S = 60.0

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import and_, bindparam, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from shared.errors import InvalidInput, NotFound
 from shared.models import Attempt, AttemptLog, Phase, Run
@@ -41,6 +41,23 @@ def get_run_detail(session: Session, run_id: str) -> Run:
         .where(Run.id == _checked_id(run_id))
         .options(selectinload(Run.phases).selectinload(Phase.attempts))
     ).one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+def read_run_detail(session: Session, run_id: str) -> Run:
+    """get_run_detail in one statement (the run joined to its phases and their attempts): one
+    round trip where three were, for `GET /runs/{id}`; a run's phases and attempts are few."""
+    run = (
+        session.scalars(
+            select(Run)
+            .where(Run.id == _checked_id(run_id))
+            .options(joinedload(Run.phases).joinedload(Phase.attempts))
+        )
+        .unique()
+        .one_or_none()
+    )
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run

@@ -6,12 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
 from shared import repos
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.models import Run, utcnow
+from shared.models import Attempt, Run, utcnow
 from shared.runs import repository, service
 from shared.runs.spec import RunCreate
 from shared.runs.states import RunStatus
@@ -165,3 +165,44 @@ def test_run_not_started_within_queue_wait_times_out(
     assert {p.status for p in repository.get_run_detail(db, waiting.id).phases} == {"skipped"}
     db.refresh(patient)
     assert patient.status == RunStatus.QUEUED
+
+
+def test_the_run_detail_read_in_one_statement_matches_the_three_statement_read(
+    db: Session, settings: Settings, registered: str
+) -> None:
+    phases = [{"id": name, "run": "true"} for name in ("c", "a", "b")]
+    run_id = service.submit(db, settings, spec(phases=phases)).run.id
+    stored = repository.get_run_detail(db, run_id)
+    # Attempts written out of order, and a phase without any: the read orders them.
+    for phase, numbers in zip(stored.phases, ([2, 1, 3], [], [1]), strict=True):
+        for number in numbers:
+            db.add(
+                Attempt(
+                    run_id=run_id,
+                    phase_pk=phase.pk,
+                    number=number,
+                    worker="w",
+                    lease_token=1,
+                    status="failed" if number < 3 else "succeeded",
+                )
+            )
+    db.flush()
+    db.expire_all()
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = db.get_bind()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        joined = service.run_read(repository.read_run_detail(db, run_id))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == 1
+    db.expire_all()
+    assert joined == service.run_read(repository.get_run_detail(db, run_id))
+    assert [p.phase_id for p in joined.phases] == ["c", "a", "b"]
+    assert [[a.number for a in p.attempts] for p in joined.phases] == [[1, 2, 3], [], [1]]
+    with pytest.raises(NotFound):
+        repository.read_run_detail(db, "run-missing")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -81,27 +82,31 @@ def test_notifications_wake_a_waiter_on_any_status_write(
     assert settings.database_url is not None
 
     async def scenario() -> bool:
-        # A recheck interval far beyond the wait: only a notification can set the event.
-        hub = RunNotifications(settings.database_url or "", fallback_poll_s=3600)
-        await hub.start()
-        try:
-            await _listening(hub)
+        async with _listening_hub(settings) as hub:
             with hub.subscribe(run_id) as changed:
                 await asyncio.to_thread(_set_status, sessions, run_id, "cancelled")
                 await asyncio.wait_for(changed.wait(), timeout=30)
                 return changed.is_set()
-        finally:
-            await hub.stop()
 
     assert asyncio.run(scenario())
 
 
-async def _listening(hub: RunNotifications) -> None:
-    for _ in range(200):  # until LISTEN is in place
-        if hub.listening:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the API never listened for run notifications")
+@contextlib.asynccontextmanager
+async def _listening_hub(settings: Settings) -> AsyncIterator[RunNotifications]:
+    """A started hub, once LISTEN is in place. Its recheck interval is far beyond any wait: only
+    a notification can set an event."""
+    hub = RunNotifications(settings.database_url or "", fallback_poll_s=3600)
+    await hub.start()
+    try:
+        for _ in range(200):  # until LISTEN is in place
+            if hub.listening:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the API never listened for run notifications")
+        yield hub
+    finally:
+        await hub.stop()
 
 
 def test_a_waiter_is_woken_only_by_a_status_that_answers_it(
@@ -114,10 +119,7 @@ def test_a_waiter_is_woken_only_by_a_status_that_answers_it(
     run_id = _created_run(client, register_repo())
 
     async def scenario() -> tuple[bool, bool, bool]:
-        hub = RunNotifications(settings.database_url or "", fallback_poll_s=3600)
-        await hub.start()
-        try:
-            await _listening(hub)
+        async with _listening_hub(settings) as hub:
             with (
                 hub.subscribe(run_id, lambda status: status in RUN_TERMINAL) as for_end,
                 hub.subscribe(run_id) as for_any,
@@ -129,8 +131,6 @@ def test_a_waiter_is_woken_only_by_a_status_that_answers_it(
                 await asyncio.to_thread(_set_status, sessions, run_id, "succeeded")
                 await asyncio.wait_for(for_end.wait(), timeout=30)
                 return woken_by_running, for_end.is_set(), for_any.is_set()
-        finally:
-            await hub.stop()
 
     assert asyncio.run(scenario()) == (False, True, True)
 
@@ -142,16 +142,11 @@ def test_a_notification_without_a_status_wakes_every_waiter(
     run_id = _created_run(client, register_repo())
 
     async def scenario() -> bool:
-        hub = RunNotifications(settings.database_url or "", fallback_poll_s=3600)
-        await hub.start()
-        try:
-            await _listening(hub)
+        async with _listening_hub(settings) as hub:
             with hub.subscribe(run_id, lambda status: status in RUN_TERMINAL) as for_end:
                 await asyncio.to_thread(_notify, pg_url, run_id)
                 await asyncio.wait_for(for_end.wait(), timeout=30)
                 return for_end.is_set()
-        finally:
-            await hub.stop()
 
     assert asyncio.run(scenario())
 
